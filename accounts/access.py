@@ -1,0 +1,47 @@
+"""Object access for views and the API: an object of another workspace is 404,
+a read-only member trying to write is 403."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model, QuerySet
+from django.http import Http404
+
+from accounts.models import Role
+
+
+def get_for(user, queryset: QuerySet, pk, *, write: bool = False) -> Model:
+    """Returns the row `pk` of `queryset` (a model with a `workspace`) if `user`
+    is a member of its workspace; with `write`, only for owners and editors."""
+    obj = queryset.filter(pk=pk, workspace__memberships__user=user).first()
+    if obj is None:
+        raise Http404
+    if write and not can_write(user, obj.workspace):
+        raise PermissionDenied("Viewers can look but not change anything in this workspace.")
+    return obj
+
+
+def can_write(user, workspace) -> bool:
+    return workspace.memberships.filter(user=user, role__in=[Role.OWNER, Role.EDITOR]).exists()
+
+
+def workspace_for_write(user, workspace=None):
+    """Returns the workspace a new object goes into: the one named, if `user`
+    may write there, or else their only writable workspace."""
+    from accounts.selectors import writable_workspaces_for
+
+    writable = writable_workspaces_for(user)
+    if workspace is not None:
+        if not writable.filter(pk=workspace.pk).exists():
+            if workspace.memberships.filter(user=user).exists():
+                raise PermissionDenied("Viewers can look but not change anything in this workspace.")
+            raise Http404
+        return workspace
+    choices = list(writable[:2])
+    if not choices:
+        raise PermissionDenied("You may not create anything: you are not an owner or editor of any workspace.")
+    if len(choices) > 1:
+        from config.errors import DomainError
+
+        raise DomainError("You belong to several workspaces; say which one (`workspace`: its slug).")
+    return choices[0]

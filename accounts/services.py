@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from accounts.models import ApiToken, Membership, Role, Workspace
+from config.errors import DomainError
+
+TOKEN_PREFIX = "pbt_"
+
+
+def token_digest(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def workspace_create(*, name: str, owner) -> Workspace:
+    """Creates a workspace with `owner` as its owner."""
+    slug = slugify(name)
+    if not slug:
+        raise DomainError("A workspace name needs at least one letter or digit.")
+    if Workspace.objects.filter(slug=slug).exists():
+        raise DomainError(f"A workspace named “{name}” already exists.")
+    with transaction.atomic():
+        workspace = Workspace.objects.create(name=name, slug=slug)
+        Membership.objects.create(workspace=workspace, user=owner, role=Role.OWNER)
+    return workspace
+
+
+def membership_set(*, workspace: Workspace, user, role: str) -> Membership:
+    """Adds `user` to `workspace` with `role`, or changes the role they have."""
+    if role not in Role.values:
+        raise DomainError(f"Unknown role “{role}”; use one of {', '.join(Role.values)}.")
+    membership, _ = Membership.objects.update_or_create(workspace=workspace, user=user, defaults={"role": role})
+    return membership
+
+
+def api_token_create(*, user, name: str) -> tuple[ApiToken, str]:
+    """Creates a personal API token; returns the row and the raw token, which
+    is never stored and cannot be shown again."""
+    name = name.strip()
+    if not name:
+        raise DomainError("Give the token a name, such as the script that will use it.")
+    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(user=user, name=name, prefix=raw[:10], digest=token_digest(raw))
+    return token, raw
+
+
+def api_token_revoke(*, token: ApiToken) -> None:
+    token.delete()
+
+
+def api_token_authenticate(*, raw: str):
+    """Returns the user that owns `raw`, or None; records when it was last used."""
+    token = ApiToken.objects.select_related("user").filter(digest=token_digest(raw)).first()
+    if token is None or not token.user.is_active:
+        return None
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    return token.user
+
+
+def admin_ensure(*, username: str, password: str | None, workspace_name: str) -> tuple[object, str | None]:
+    """Makes sure an administrator and the default workspace exist. Returns the
+    user and the password when one was generated (to be printed once)."""
+    User = get_user_model()
+    generated = None
+    user = User.objects.filter(username=username).first()
+    if user is None:
+        generated = password or secrets.token_urlsafe(12)
+        user = User.objects.create_superuser(username=username, password=generated, email="")
+        if password:
+            generated = None
+    workspace = Workspace.objects.filter(slug=slugify(workspace_name)).first()
+    if workspace is None:
+        workspace = workspace_create(name=workspace_name, owner=user)
+    else:
+        membership_set(workspace=workspace, user=user, role=Role.OWNER)
+    return user, generated

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from cluster.views import cluster_page
+from deployments.views import deployment_list
+from inference.views import playground
+
+api_v1 = [
+    path("", include("accounts.api.urls")),
+    path("", include("registry.api.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="registry:artifact_list", permanent=False), name="home"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("", include("registry.urls")),
+    path("", include("accounts.urls")),
+    path("deployments/", deployment_list, name="deployment_list"),
+    path("inference/", playground, name="playground"),
+    path("cluster/", cluster_page, name="cluster"),
+    path("api/v1/", include(api_v1)),
+]

@@ -1,0 +1,88 @@
+"""Fixtures shared by every app's tests: the embedded or real Redis, real
+S3 and hub servers on loopback, a Celery worker, and the permission cast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from config import embedded_redis
+from tests.support.hub_server import HubServer, olah_available
+from tests.support.s3_server import S3Server
+
+DEMO_STORE = Path(settings.VAR_DIR) / "demo-store"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_server():
+    """The broker and cache the suite uses: REDIS_URL's server, or the embedded one."""
+    embedded_redis.ensure_running(settings.REDIS_URL)
+    import redis
+
+    redis.Redis.from_url(settings.REDIS_URL).ping()
+    return settings.REDIS_URL
+
+
+@pytest.fixture(autouse=True)
+def _test_settings(settings, tmp_path):
+    settings.PLUGBOARD_LOCAL_ROOTS = [tmp_path, DEMO_STORE]
+    # Hashing a password properly takes a third of a second; the cast has four.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def hub_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("hub")
+
+
+@pytest.fixture(scope="session")
+def hub_server(hub_root):
+    if not olah_available():
+        pytest.fail("olah is not installed: run `make test`, which installs it into .venv-olah.")
+    server = HubServer(hub_root).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def celery_worker_thread(transactional_db):
+    """A real Celery worker, in a thread, consuming the control queue from Redis."""
+    from celery.contrib.testing.worker import start_worker
+
+    from config.celery import app
+
+    app.control.purge()  # messages left by an earlier run would point at rows that no longer exist
+    with start_worker(app, queues=["control"], pool="solo", perform_ping_check=False, shutdown_timeout=30) as worker:
+        yield worker
+
+
+@pytest.fixture
+def cast(db):
+    """An admin (owner of the team's workspace), a member (editor), a viewer, and an outsider with a workspace of their own."""
+    from accounts.services import membership_set, workspace_create
+    from tests.support.factories import UserFactory
+
+    admin = UserFactory(username="admin", is_staff=True, is_superuser=True)
+    member = UserFactory(username="member")
+    viewer = UserFactory(username="viewer")
+    outsider = UserFactory(username="outsider")
+    team = workspace_create(name="Team", owner=admin)
+    membership_set(workspace=team, user=member, role="editor")
+    membership_set(workspace=team, user=viewer, role="viewer")
+    other = workspace_create(name="Elsewhere", owner=outsider)
+
+    class Cast:
+        pass
+
+    c = Cast()
+    c.admin, c.member, c.viewer, c.outsider, c.team, c.other = admin, member, viewer, outsider, team, other
+    return c

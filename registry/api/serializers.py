@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from accounts.models import Workspace
+from registry.models import Artifact, ArtifactFile, ArtifactKind, Compatibility, Connection, ConnectionKind
+
+
+class ConnectionSerializer(serializers.ModelSerializer):
+    """What anyone may see of a connection: never its secrets, only whether they are set."""
+
+    workspace = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    has_secrets = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = Connection
+        fields = [
+            "id", "workspace", "name", "kind", "endpoint_url", "region", "bucket", "addressing_style",
+            "verify_tls", "ca_bundle", "root_path", "has_secrets", "created_at", "last_checked_at",
+            "last_check_ok", "last_check_message",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class ConnectionWriteSerializer(serializers.Serializer):
+    workspace = serializers.SlugRelatedField(slug_field="slug", queryset=Workspace.objects.all(), required=False)
+    name = serializers.CharField(max_length=100)
+    kind = serializers.ChoiceField(choices=ConnectionKind.choices)
+    endpoint_url = serializers.URLField(required=False, allow_blank=True, default="")
+    region = serializers.CharField(required=False, allow_blank=True, default="")
+    bucket = serializers.CharField(required=False, allow_blank=True, default="")
+    addressing_style = serializers.ChoiceField(choices=["path", "virtual"], required=False, default="path")
+    verify_tls = serializers.BooleanField(required=False, default=True)
+    ca_bundle = serializers.CharField(required=False, allow_blank=True, default="")
+    root_path = serializers.CharField(required=False, allow_blank=True, default="")
+    # Write-only: accepted, encrypted, never answered.
+    access_key_id = serializers.CharField(required=False, allow_blank=True, write_only=True)
+    secret_access_key = serializers.CharField(required=False, allow_blank=True, write_only=True)
+    token = serializers.CharField(required=False, allow_blank=True, write_only=True)
+
+    SECRET_KEYS = ("access_key_id", "secret_access_key", "token")
+
+    def split(self) -> tuple[dict, dict]:
+        """Returns (plain fields, secrets) of the validated data."""
+        data = dict(self.validated_data)
+        secrets = {k: data.pop(k) for k in self.SECRET_KEYS if k in data}
+        return data, secrets
+
+
+class ArtifactFileSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ArtifactFile
+        fields = ["path", "size", "checksum", "checksum_kind"]
+
+
+class ArtifactSerializer(serializers.ModelSerializer):
+    workspace = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    connection = serializers.PrimaryKeyRelatedField(read_only=True)
+    where = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Artifact
+        fields = [
+            "id", "workspace", "name", "kind", "connection", "location", "where", "revision", "description",
+            "tags", "license", "status", "problems", "warnings", "created_at", "updated_at", "inspected_at",
+            "resolved_revision", "inspection_bytes_read", "total_bytes", "weight_bytes", "parameter_count",
+            "dtype", "architecture", "hidden_size", "num_layers", "num_attention_heads", "num_kv_heads",
+            "vocab_size", "context_length", "peft_type", "rank", "lora_alpha", "target_modules",
+            "base_model_name_or_path",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class ArtifactDetailSerializer(ArtifactSerializer):
+    files = ArtifactFileSerializer(many=True, read_only=True)
+    config = serializers.JSONField(read_only=True)
+
+    class Meta(ArtifactSerializer.Meta):
+        fields = [*ArtifactSerializer.Meta.fields, "config", "files"]
+        read_only_fields = fields
+
+
+class ArtifactWriteSerializer(serializers.Serializer):
+    workspace = serializers.SlugRelatedField(slug_field="slug", queryset=Workspace.objects.all(), required=False)
+    name = serializers.CharField(max_length=100)
+    connection = serializers.PrimaryKeyRelatedField(queryset=Connection.objects.all())
+    location = serializers.CharField(max_length=500)
+    revision = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False, default=list)
+    license = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+
+
+class ArtifactUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False)
+    location = serializers.CharField(max_length=500, required=False)
+    revision = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    description = serializers.CharField(required=False, allow_blank=True)
+    tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False)
+    license = serializers.CharField(max_length=100, required=False, allow_blank=True)
+
+
+class CompatibilitySerializer(serializers.ModelSerializer):
+    adapter_name = serializers.CharField(source="adapter.name", read_only=True)
+    base_name = serializers.CharField(source="base.name", read_only=True)
+
+    class Meta:
+        model = Compatibility
+        fields = ["adapter", "adapter_name", "base", "base_name", "compatible", "reasons", "warnings", "computed_at"]
+        read_only_fields = fields
+
+
+KIND_OF_ENDPOINT = {"models": ArtifactKind.BASE, "adapters": ArtifactKind.ADAPTER}

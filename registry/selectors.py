@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from django.db.models import Q, QuerySet
+
+from registry.models import Artifact, Compatibility, Connection
+
+
+def connections_for(user) -> QuerySet[Connection]:
+    return Connection.objects.filter(workspace__memberships__user=user).select_related("workspace")
+
+
+def artifacts_for(user, *, kind: str = "", status: str = "", source: str = "", search: str = "") -> QuerySet[Artifact]:
+    """The artifacts in `user`'s workspaces, filtered as the models list asks."""
+    qs = Artifact.objects.filter(workspace__memberships__user=user).select_related("workspace", "connection")
+    if kind:
+        qs = qs.filter(kind=kind)
+    if status:
+        qs = qs.filter(status=status)
+    if source:
+        qs = qs.filter(connection__kind=source)
+    if search:
+        qs = qs.filter(
+            Q(name__icontains=search)
+            | Q(description__icontains=search)
+            | Q(location__icontains=search)
+            | Q(architecture__icontains=search)
+            | Q(tags__icontains=search)
+        )
+    return qs.order_by("name")
+
+
+def compatibility_for(artifact: Artifact) -> QuerySet[Compatibility]:
+    """Verdicts that involve `artifact`, with the other side loaded."""
+    if artifact.is_adapter:
+        return Compatibility.objects.filter(adapter=artifact).select_related("base")
+    return Compatibility.objects.filter(base=artifact).select_related("adapter")
+
+
+def compatibility_visible_to(user) -> QuerySet[Compatibility]:
+    return Compatibility.objects.filter(adapter__workspace__memberships__user=user).select_related("adapter", "base")

@@ -1,0 +1,357 @@
+"""All writes and state transitions of the registry: connections, artifacts,
+inspection and compatibility."""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import Workspace
+from config.errors import DomainError
+from registry.compatibility import check_fit, runtime_problems
+from registry.inspection import Inspection, inspect_source
+from registry.models import (
+    Artifact,
+    ArtifactFile,
+    ArtifactKind,
+    ArtifactStatus,
+    Compatibility,
+    Connection,
+    ConnectionKind,
+    tensors_from_json,
+    tensors_to_json,
+)
+from registry.sources import SourceError, check_connection, open_source
+from registry.vault import seal, unseal
+
+log = logging.getLogger(__name__)
+
+SECRET_FIELDS = {
+    ConnectionKind.S3: ("access_key_id", "secret_access_key"),
+    ConnectionKind.HF: ("token",),
+    ConnectionKind.LOCAL: (),
+}
+PLAIN_FIELDS = ("endpoint_url", "region", "bucket", "addressing_style", "verify_tls", "ca_bundle", "root_path")
+
+
+# Connections ---------------------------------------------------------------
+
+
+def _validate_connection(connection: Connection) -> None:
+    if connection.kind == ConnectionKind.S3 and not connection.bucket:
+        raise DomainError("An S3 connection needs a bucket.")
+    if connection.kind == ConnectionKind.LOCAL:
+        from registry.sources.local import confined_root
+
+        try:
+            confined_root(connection.root_path)
+        except SourceError as exc:
+            raise DomainError(str(exc)) from None
+
+
+def connection_create(
+    *, workspace: Workspace, name: str, kind: str, user=None, secrets: dict | None = None, **fields
+) -> Connection:
+    """Creates a connection; `secrets` (access keys, a token) are encrypted and never shown again."""
+    if kind not in ConnectionKind.values:
+        raise DomainError(f"Unknown connection kind “{kind}”; use one of {', '.join(ConnectionKind.values)}.")
+    connection = Connection(workspace=workspace, name=name.strip(), kind=kind, created_by=user)
+    for key, value in fields.items():
+        if key not in PLAIN_FIELDS:
+            raise DomainError(f"A connection has no field “{key}”.")
+        setattr(connection, key, value)
+    allowed = SECRET_FIELDS[kind]
+    connection.encrypted_secrets = seal({k: v for k, v in (secrets or {}).items() if k in allowed})
+    _validate_connection(connection)
+    try:
+        with transaction.atomic():
+            connection.save()
+    except IntegrityError:
+        raise DomainError(f"This workspace already has a connection named “{name}”.") from None
+    log.info("connection %s created in workspace %s", connection.pk, workspace.pk)
+    return connection
+
+
+def connection_update(*, connection: Connection, secrets: dict | None = None, **fields) -> Connection:
+    """Changes a connection. Secrets left blank keep their saved values."""
+    for key, value in fields.items():
+        if key not in (*PLAIN_FIELDS, "name"):
+            raise DomainError(f"A connection has no field “{key}”.")
+        setattr(connection, key, value)
+    if secrets:
+        current = unseal(connection.encrypted_secrets)
+        current.update({k: v for k, v in secrets.items() if v and k in SECRET_FIELDS[connection.kind]})
+        connection.encrypted_secrets = seal(current)
+    _validate_connection(connection)
+    try:
+        with transaction.atomic():
+            connection.save()
+    except IntegrityError:
+        raise DomainError(f"This workspace already has a connection named “{connection.name}”.") from None
+    return connection
+
+
+def connection_delete(*, connection: Connection) -> None:
+    """Deletes a connection; refused while artifacts are registered through it."""
+    count = connection.artifacts.count()
+    if count:
+        raise DomainError(f"{count} registered artifact(s) use this connection; delete them first.")
+    connection.delete()
+
+
+def connection_test(*, connection: Connection) -> tuple[bool, str]:
+    """Tries the connection and records the outcome; returns (ok, message)."""
+    try:
+        ok, message = True, check_connection(connection)
+    except SourceError as exc:
+        ok, message = False, str(exc)
+    except DomainError as exc:
+        ok, message = False, exc.message
+    Connection.objects.filter(pk=connection.pk).update(
+        last_checked_at=timezone.now(), last_check_ok=ok, last_check_message=message
+    )
+    connection.refresh_from_db(fields=["last_checked_at", "last_check_ok", "last_check_message"])
+    return ok, message
+
+
+# Artifacts -----------------------------------------------------------------
+
+
+def artifact_register(
+    *,
+    workspace: Workspace,
+    name: str,
+    kind: str,
+    connection: Connection,
+    location: str,
+    revision: str = "",
+    description: str = "",
+    tags: list[str] | None = None,
+    license: str = "",
+    user=None,
+) -> Artifact:
+    """Registers a base model or adapter as pending and queues its inspection."""
+    from registry.tasks import inspect_artifact
+
+    if kind not in ArtifactKind.values:
+        raise DomainError(f"Unknown kind “{kind}”; use “base” or “adapter”.")
+    if connection.workspace_id != workspace.pk:
+        raise DomainError("That connection belongs to another workspace.")
+    if not location.strip():
+        raise DomainError("Say where the artifact is: a bucket prefix, a repository id or a folder.")
+    artifact = Artifact(
+        workspace=workspace,
+        name=name.strip(),
+        kind=kind,
+        connection=connection,
+        location=location.strip(),
+        revision=revision.strip(),
+        description=description,
+        tags=_clean_tags(tags),
+        license=license.strip(),
+        created_by=user,
+    )
+    try:
+        with transaction.atomic():
+            artifact.save()
+            transaction.on_commit(lambda: inspect_artifact.delay(artifact.pk))
+    except IntegrityError:
+        raise DomainError(f"This workspace already has a model or adapter named “{name}”.") from None
+    return artifact
+
+
+def artifact_update(*, artifact: Artifact, **fields) -> Artifact:
+    """Changes the descriptive fields; a new location or revision means a new inspection."""
+    from registry.tasks import inspect_artifact
+
+    editable = {"name", "description", "tags", "license", "location", "revision"}
+    reinspect = False
+    for key, value in fields.items():
+        if key not in editable:
+            raise DomainError(f"“{key}” cannot be changed after registration.")
+        if key == "tags":
+            value = _clean_tags(value)
+        elif isinstance(value, str):
+            value = value.strip()
+        if key in ("location", "revision") and value != getattr(artifact, key):
+            reinspect = True
+        setattr(artifact, key, value)
+    if reinspect:
+        artifact.status = ArtifactStatus.PENDING
+    try:
+        with transaction.atomic():
+            artifact.save()
+            if reinspect:
+                transaction.on_commit(lambda: inspect_artifact.delay(artifact.pk))
+    except IntegrityError:
+        raise DomainError(f"This workspace already has a model or adapter named “{artifact.name}”.") from None
+    return artifact
+
+
+def artifact_reinspect(*, artifact: Artifact) -> Artifact:
+    """Queues a fresh inspection (after the source changed, or a connection was fixed)."""
+    from registry.tasks import inspect_artifact
+
+    if artifact.status == ArtifactStatus.INSPECTING:
+        raise DomainError("It is being inspected right now; wait for that to finish.")
+    with transaction.atomic():
+        Artifact.objects.filter(pk=artifact.pk).update(status=ArtifactStatus.PENDING)
+        transaction.on_commit(lambda: inspect_artifact.delay(artifact.pk))
+    artifact.refresh_from_db()
+    return artifact
+
+
+def artifact_delete(*, artifact: Artifact) -> None:
+    """Deletes an artifact and its verdicts. (Deployments, once they exist, will refuse this while they use it.)"""
+    artifact.delete()
+
+
+def _clean_tags(tags) -> list[str]:
+    if isinstance(tags, str):
+        tags = tags.split(",")
+    return sorted({str(t).strip() for t in tags or [] if str(t).strip()})
+
+
+# Inspection ----------------------------------------------------------------
+
+
+def artifact_inspect(*, artifact_id: int) -> Artifact | None:
+    """Claims a pending artifact, inspects its source and records either the
+    whole result (ready) or every reason it was refused (invalid), in one
+    transaction so nothing is ever half-registered. Then refreshes its
+    compatibility verdicts. Returns None when there was nothing to claim."""
+    claimed = Artifact.objects.filter(pk=artifact_id, status=ArtifactStatus.PENDING).update(
+        status=ArtifactStatus.INSPECTING
+    )
+    if not claimed:
+        return None
+    artifact = Artifact.objects.select_related("connection").get(pk=artifact_id)
+    try:
+        source = open_source(artifact.connection, location=artifact.location, revision=artifact.revision)
+        result = inspect_source(
+            source,
+            kind=artifact.kind,
+            allow_pickle=settings.PLUGBOARD_ALLOW_PICKLE_WEIGHTS,
+            max_header=settings.PLUGBOARD_MAX_SAFETENSORS_HEADER,
+        )
+    except (SourceError, DomainError) as exc:
+        result = Inspection(kind=artifact.kind, problems=[getattr(exc, "message", str(exc))])
+    except Exception:
+        log.exception("inspection of artifact %s failed unexpectedly", artifact_id)
+        result = Inspection(kind=artifact.kind, problems=["Inspection failed unexpectedly; see the worker's log."])
+    if result.ok and artifact.is_adapter:
+        result.problems.extend(runtime_problems(result.config, result.tensors))
+    _record_inspection(artifact, result)
+    compatibility_refresh(artifact=artifact)
+    return artifact
+
+
+def _record_inspection(artifact: Artifact, result: Inspection) -> None:
+    fields = _empty_inspection_fields()
+    fields.update(
+        inspected_at=timezone.now(),
+        inspection_bytes_read=result.bytes_read,
+        problems=result.problems,
+        warnings=result.warnings,
+    )
+    if result.ok:
+        fields.update(_described_fields(artifact.kind, result), status=ArtifactStatus.READY)
+    else:
+        fields.update(status=ArtifactStatus.INVALID)
+    with transaction.atomic():
+        ArtifactFile.objects.filter(artifact=artifact).delete()
+        if result.ok:
+            ArtifactFile.objects.bulk_create(
+                ArtifactFile(
+                    artifact=artifact, path=f.path, size=f.size, checksum=f.checksum, checksum_kind=f.checksum_kind
+                )
+                for f in result.files
+            )
+        for key, value in fields.items():
+            setattr(artifact, key, value)
+        artifact.save()
+
+
+def _empty_inspection_fields() -> dict:
+    return dict(
+        resolved_revision="", total_bytes=None, weight_bytes=None, parameter_count=None, dtype="", config={},
+        tensors={}, architecture="", hidden_size=None, num_layers=None, num_attention_heads=None,
+        num_kv_heads=None, vocab_size=None, context_length=None, peft_type="", rank=None, lora_alpha=None,
+        target_modules=[], base_model_name_or_path="",
+    )  # fmt: skip
+
+
+def _described_fields(kind: str, result: Inspection) -> dict:
+    from registry.compatibility import adapter_rank
+
+    config = result.config
+    fields = dict(
+        resolved_revision=result.revision,
+        total_bytes=result.total_bytes,
+        weight_bytes=result.weight_bytes,
+        parameter_count=result.parameter_count,
+        dtype=result.dtype,
+        config=config,
+        tensors=tensors_to_json(result.tensors),
+    )
+    if kind == ArtifactKind.BASE:
+        text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+        heads = _int(text.get("num_attention_heads"))
+        fields.update(
+            architecture=(config.get("architectures") or [config.get("model_type", "")])[0] or "",
+            hidden_size=_int(text.get("hidden_size")),
+            num_layers=_int(text.get("num_hidden_layers")),
+            num_attention_heads=heads,
+            num_kv_heads=_int(text.get("num_key_value_heads")) or heads,
+            vocab_size=_int(text.get("vocab_size")),
+            context_length=_int(text.get("max_position_embeddings")),
+        )
+    else:
+        targets = config.get("target_modules") or []
+        fields.update(
+            peft_type=str(config.get("peft_type", "")),
+            rank=adapter_rank(config, result.tensors),
+            lora_alpha=config.get("lora_alpha"),
+            target_modules=sorted(targets) if isinstance(targets, list) else [str(targets)],
+            base_model_name_or_path=str(config.get("base_model_name_or_path") or ""),
+        )
+    return fields
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# Compatibility -------------------------------------------------------------
+
+
+def compatibility_refresh(*, artifact: Artifact) -> None:
+    """Recomputes every verdict that involves `artifact` against the ready
+    artifacts of the other kind in its workspace; drops them if it is not ready."""
+    if not artifact.is_ready:
+        Compatibility.objects.filter(adapter=artifact).delete()
+        Compatibility.objects.filter(base=artifact).delete()
+        return
+    other_kind = ArtifactKind.BASE if artifact.is_adapter else ArtifactKind.ADAPTER
+    others = Artifact.objects.filter(workspace=artifact.workspace_id, kind=other_kind, status=ArtifactStatus.READY)
+    own_tensors = tensors_from_json(artifact.tensors)
+    with transaction.atomic():
+        for other in others:
+            adapter, base = (artifact, other) if artifact.is_adapter else (other, artifact)
+            adapter_tensors = own_tensors if artifact.is_adapter else tensors_from_json(other.tensors)
+            base_tensors = own_tensors if not artifact.is_adapter else tensors_from_json(other.tensors)
+            verdict = check_fit(
+                adapter_config=adapter.config,
+                adapter_tensors=adapter_tensors,
+                base_name=base.name,
+                base_config=base.config,
+                base_tensors=base_tensors,
+            )
+            Compatibility.objects.update_or_create(
+                adapter=adapter,
+                base=base,
+                defaults={"compatible": verdict.compatible, "reasons": verdict.reasons, "warnings": verdict.warnings},
+            )

@@ -1,0 +1,44 @@
+"""What every source (S3, the hub, a local folder) offers to inspection and,
+later, to the node's artifact cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+
+class SourceError(Exception):
+    """The source could not be read; the message says what a person can do about it."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str  # relative to the artifact's location, with / separators
+    size: int
+    checksum: str = ""
+    checksum_kind: str = ""  # sha256, git-sha1, etag, or blank
+
+
+def is_safe_relative_path(path: str) -> bool:
+    """Whether `path` stays inside the folder it will be written to: no `..`,
+    no absolute path, no backslashes, no empty or `.` segments."""
+    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
+        return False
+    parts = path.split("/")
+    return all(part not in ("", ".", "..") for part in parts) and not PurePosixPath(path).is_absolute()
+
+
+class Source:
+    """Reads one artifact's files. Subclasses count every byte they read from
+    the store in `bytes_read`, so inspection can prove it stayed small."""
+
+    def __init__(self) -> None:
+        self.bytes_read = 0
+
+    def resolve(self) -> tuple[str, list[RemoteFile]]:
+        """Returns the content's revision and the file manifest."""
+        raise NotImplementedError
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        """Returns up to `length` bytes of `path` from offset `start`."""
+        raise NotImplementedError

@@ -1,0 +1,159 @@
+"""The Hugging Face hub, a private hub or a mirror, through huggingface_hub."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import build_hf_headers, get_session
+
+from registry.sources.base import RemoteFile, Source, SourceError
+from registry.vault import unseal
+
+PUBLIC_HUB = "https://huggingface.co"
+
+
+def endpoint_of(connection) -> str:
+    return (connection.endpoint_url or PUBLIC_HUB).rstrip("/")
+
+
+def describe_error(exc: Exception, connection, *, repo_id: str = "", revision: str = "") -> SourceError:
+    """Turns a hub failure into words a person can act on. Never includes the token."""
+    where = endpoint_of(connection)
+    if isinstance(exc, GatedRepoError):
+        return SourceError(f"{repo_id} is gated on {where}: accept its terms with the token's account, then retry.")
+    if isinstance(exc, RevisionNotFoundError):
+        return SourceError(f"{repo_id} has no branch, tag or commit “{revision}” on {where}.")
+    if isinstance(exc, RepositoryNotFoundError):
+        at = f" at revision “{revision}”" if revision else ""
+        return SourceError(
+            f"The repository {repo_id}{at} does not exist on {where}, or it is private and the token may not see it."
+        )
+    if isinstance(exc, EntryNotFoundError):
+        return SourceError(f"A file is missing from {repo_id} on {where}.")
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 401:
+            return SourceError(f"{where} refused the token (401). Check or renew the token.")
+        if status == 403:
+            return SourceError(f"The token may not read {repo_id} on {where} (403).")
+        return SourceError(f"{where} answered HTTP {status}.")
+    text = str(exc)
+    lowered = text.lower()
+    if "certificate" in lowered or "ssl" in lowered:
+        return SourceError(f"TLS failed when talking to {where}: its certificate is not trusted.")
+    if any(word in lowered for word in ("name or service not known", "nodename", "getaddrinfo", "name resolution")):
+        return SourceError(f"The host name of {where} does not resolve. Check the endpoint URL.")
+    if any(word in lowered for word in ("connection refused", "connecterror", "all connection attempts failed")):
+        return SourceError(f"Could not connect to {where}: nothing answers there. Check the endpoint URL.")
+    if "timed out" in lowered or "timeout" in lowered:
+        return SourceError(f"{where} did not answer in time.")
+    return SourceError(f"Talking to {where} failed: {type(exc).__name__}")
+
+
+def _api(connection) -> tuple[HfApi, str | None]:
+    token = unseal(connection.encrypted_secrets).get("token") or None
+    return HfApi(endpoint=endpoint_of(connection), token=token if token else False), token
+
+
+def check(connection) -> str:
+    _, token = _api(connection)
+    where = endpoint_of(connection)
+    session = get_session()
+    timeout = settings.PLUGBOARD_SOURCE_TIMEOUT
+    try:
+        if token:
+            response = session.get(f"{where}/api/whoami-v2", headers=build_hf_headers(token=token), timeout=timeout)
+            if response.status_code == 401:
+                raise SourceError(f"{where} refused the token (401). Check or renew the token.")
+            if response.status_code == 200:
+                return f"Connected to {where} as {response.json().get('name', 'an unnamed account')}."
+            # Mirrors often lack the account API: fall through to a listing.
+        response = session.get(f"{where}/api/models", params={"limit": 1}, timeout=timeout)
+    except SourceError:
+        raise
+    except Exception as exc:
+        raise describe_error(exc, connection) from None
+    if response.status_code >= 400:
+        raise SourceError(f"{where} answered HTTP {response.status_code} to a model listing; is it a Hugging Face hub?")
+    if token:
+        return f"Connected to {where}. It does not say whose the token is; each repository will be read with it."
+    return f"Connected to {where} (anonymous: public repositories only)."
+
+
+class HubSource(Source):
+    def __init__(self, connection, *, repo_id: str, revision: str = "") -> None:
+        super().__init__()
+        self.connection = connection
+        self.repo_id = repo_id.strip().strip("/")
+        self.revision = revision.strip() or None
+        self.api, self.token = _api(connection)
+        self.commit = ""
+
+    def resolve(self) -> tuple[str, list[RemoteFile]]:
+        try:
+            info = self.api.model_info(
+                self.repo_id,
+                revision=self.revision,
+                files_metadata=True,
+                timeout=settings.PLUGBOARD_SOURCE_TIMEOUT,
+            )
+        except Exception as exc:
+            raise describe_error(exc, self.connection, repo_id=self.repo_id, revision=self.revision or "") from None
+        self.commit = info.sha or ""
+        try:
+            # The tree listing carries sizes and checksums on the hub and on mirrors alike.
+            entries = list(self.api.list_repo_tree(self.repo_id, revision=self.commit or self.revision, recursive=True))
+        except Exception as exc:
+            raise describe_error(exc, self.connection, repo_id=self.repo_id, revision=self.revision or "") from None
+        files = []
+        for entry in entries:
+            if not isinstance(entry, RepoFile):
+                continue
+            if entry.lfs is not None:
+                files.append(RemoteFile(entry.path, entry.lfs.size, entry.lfs.sha256, "sha256"))
+            else:
+                files.append(RemoteFile(entry.path, entry.size or 0, entry.blob_id or "", "git-sha1"))
+        if not files:
+            raise SourceError(f"The repository {self.repo_id} has no files at {self.revision or 'its default branch'}.")
+        return self.commit, files
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        # Pinned to the resolved commit, so every read sees the same content.
+        url = hf_hub_url(
+            self.repo_id, path, revision=self.commit or self.revision, endpoint=endpoint_of(self.connection)
+        )
+        headers = build_hf_headers(token=self.token or False)
+        headers["Range"] = f"bytes={start}-{start + length - 1}"
+        try:
+            with get_session().stream(
+                "GET", url, headers=headers, follow_redirects=True, timeout=settings.PLUGBOARD_SOURCE_TIMEOUT
+            ) as response:
+                if response.status_code == 404:
+                    raise SourceError(f"{path} is missing from {self.repo_id} on {endpoint_of(self.connection)}.")
+                if response.status_code not in (200, 206):
+                    raise SourceError(
+                        f"{endpoint_of(self.connection)} answered HTTP {response.status_code} for {path}."
+                    )
+                # A server that ignores Range sends the whole file: stop reading once we have enough.
+                wanted = length if response.status_code == 206 else start + length
+                data = bytearray()
+                for chunk in response.iter_bytes():
+                    data += chunk
+                    if len(data) >= wanted:
+                        break
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise describe_error(exc, self.connection, repo_id=self.repo_id) from None
+        self.bytes_read += len(data)
+        if response.status_code == 200:
+            return bytes(data[start : start + length])
+        return bytes(data[:length])

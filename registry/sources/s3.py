@@ -1,0 +1,151 @@
+"""S3 and S3-compatible stores (MinIO, Ceph, an intranet appliance) through boto3."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    SSLError,
+)
+from django.conf import settings
+
+from registry.sources.base import RemoteFile, Source, SourceError
+from registry.vault import unseal
+
+
+def _ca_bundle_path(pem: str) -> str:
+    # boto3 wants a file: keep one per distinct bundle under VAR_DIR.
+    folder = Path(settings.VAR_DIR) / "ca-bundles"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (hashlib.sha256(pem.encode()).hexdigest()[:16] + ".pem")
+    if not path.exists():
+        path.write_text(pem)
+    return str(path)
+
+
+def client_for(connection, *, max_pool: int = 10):
+    """Returns a boto3 S3 client configured from `connection` (endpoint, region,
+    addressing style, TLS verification or a private CA, credentials)."""
+    secrets = unseal(connection.encrypted_secrets)
+    verify: bool | str = connection.verify_tls
+    if connection.verify_tls and connection.ca_bundle.strip():
+        verify = _ca_bundle_path(connection.ca_bundle)
+    timeout = settings.PLUGBOARD_SOURCE_TIMEOUT
+    config = Config(
+        s3={"addressing_style": connection.addressing_style or "path"},
+        connect_timeout=timeout,
+        read_timeout=timeout,
+        retries={"max_attempts": 2, "mode": "standard"},
+        max_pool_connections=max_pool,
+        signature_version="s3v4",
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=connection.endpoint_url or None,
+        region_name=connection.region or "us-east-1",
+        aws_access_key_id=secrets.get("access_key_id") or None,
+        aws_secret_access_key=secrets.get("secret_access_key") or None,
+        verify=verify,
+        config=config,
+    )
+
+
+def describe_error(exc: Exception, connection, *, key: str = "") -> SourceError:
+    """Turns a boto3 failure into words a person can act on. Never includes secrets."""
+    where = connection.endpoint_url or "AWS S3"
+    bucket = connection.bucket
+    if isinstance(exc, SSLError):
+        return SourceError(
+            f"TLS failed when talking to {where}: the server's certificate is not trusted. "
+            "Add your CA bundle to the connection, or turn off TLS verification for a test store."
+        )
+    if isinstance(exc, EndpointConnectionError):
+        return SourceError(
+            f"Could not reach {where}: the host name does not resolve or nothing listens there. "
+            "Check the endpoint URL and that this server can reach it."
+        )
+    if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError)):
+        return SourceError(f"{where} did not answer in time. Check the endpoint URL and the network in between.")
+    if isinstance(exc, NoCredentialsError):
+        return SourceError("No credentials: enter an access key and secret for this connection.")
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("InvalidAccessKeyId", "InvalidClientTokenId"):
+            return SourceError(f"{where} does not know this access key. Check the access key id.")
+        if code in ("SignatureDoesNotMatch", "AuthorizationHeaderMalformed"):
+            return SourceError(f"{where} refused the credentials: the secret key does not match the access key.")
+        if code == "ExpiredToken":
+            return SourceError("The credentials have expired. Enter fresh ones for this connection.")
+        if code == "NoSuchBucket" or (status == 404 and not key):
+            return SourceError(f"The bucket “{bucket}” does not exist at {where}. Check the bucket name.")
+        if code in ("NoSuchKey", "404") or status == 404:
+            return SourceError(f"s3://{bucket}/{key} does not exist.")
+        if code == "AccessDenied" or status == 403:
+            return SourceError(
+                f"Access denied to s3://{bucket}/{key}: the credentials are valid but lack permission "
+                "(s3:ListBucket and s3:GetObject are needed)."
+            )
+        return SourceError(f"{where} answered {code or status}: {exc.response.get('Error', {}).get('Message', '')}")
+    if isinstance(exc, BotoCoreError):
+        return SourceError(f"Talking to {where} failed: {exc}")
+    return SourceError(str(exc))
+
+
+def check(connection) -> str:
+    if not connection.bucket:
+        raise SourceError("Name the bucket this connection reads from.")
+    client = client_for(connection)
+    try:
+        client.head_bucket(Bucket=connection.bucket)
+        client.list_objects_v2(Bucket=connection.bucket, MaxKeys=1)
+    except Exception as exc:  # boto3 raises many kinds; describe_error sorts them out
+        raise describe_error(exc, connection) from None
+    return f"Connected to {connection.endpoint_url or 'AWS S3'} and listed bucket “{connection.bucket}”."
+
+
+class S3Source(Source):
+    def __init__(self, connection, *, prefix: str) -> None:
+        super().__init__()
+        self.connection = connection
+        self.bucket = connection.bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client = client_for(connection)
+
+    def resolve(self) -> tuple[str, list[RemoteFile]]:
+        files = []
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for obj in page.get("Contents", []):
+                    rel = obj["Key"][len(self.prefix) :]
+                    if not rel or rel.endswith("/"):
+                        continue  # folder markers
+                    files.append(
+                        RemoteFile(path=rel, size=obj["Size"], checksum=obj["ETag"].strip('"'), checksum_kind="etag")
+                    )
+        except Exception as exc:
+            raise describe_error(exc, self.connection, key=self.prefix) from None
+        if not files:
+            raise SourceError(f"Nothing found at s3://{self.bucket}/{self.prefix}: no object has that prefix.")
+        stamp = hashlib.sha256("".join(f"{f.path}\0{f.checksum}\n" for f in files).encode())
+        return "etags:" + stamp.hexdigest()[:16], files
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        key = self.prefix + path
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")
+            data = response["Body"].read()
+        except Exception as exc:
+            raise describe_error(exc, self.connection, key=key) from None
+        self.bytes_read += len(data)
+        return data

@@ -1,0 +1,124 @@
+"""Storage connections: the test action says exactly what failed, and secrets
+never come back out, whatever asks."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from registry import services
+from registry.models import Connection
+from registry.tests.helpers import s3_connection
+from registry.vault import unseal
+from tests.support.s3_server import ACCESS_KEY, SECRET_KEY, free_port
+
+HUB_TOKEN = "hf_VerySecretHubToken0123456789"
+
+
+def test_a_working_s3_connection_says_what_it_reached(cast, s3_server):
+    s3_server.put_files("models", "", {})
+    ok, message = services.connection_test(connection=s3_connection(cast.team, s3_server))
+
+    assert ok, message
+    assert message == f"Connected to {s3_server.url} and listed bucket “models”."
+
+
+def test_a_missing_bucket_is_named(cast, s3_server):
+    ok, message = services.connection_test(connection=s3_connection(cast.team, s3_server, bucket="nope"))
+
+    assert not ok
+    assert message == f"The bucket “nope” does not exist at {s3_server.url}. Check the bucket name."
+
+
+def test_a_host_name_that_does_not_resolve_is_reported_as_such(cast, s3_server):
+    connection = s3_connection(cast.team, s3_server)
+    connection.endpoint_url = "http://store.plugboard-test.invalid:9000"
+    ok, message = services.connection_test(connection=connection)
+
+    assert not ok
+    assert "Could not reach http://store.plugboard-test.invalid:9000: the host name does not resolve" in message
+
+
+def test_a_port_where_nothing_listens_is_reported(cast, s3_server):
+    connection = s3_connection(cast.team, s3_server)
+    connection.endpoint_url = f"http://127.0.0.1:{free_port()}"
+    ok, message = services.connection_test(connection=connection)
+
+    assert not ok
+    assert "or nothing listens there" in message
+
+
+def test_tls_to_a_server_that_does_not_speak_it_is_a_tls_failure(cast, s3_server):
+    connection = s3_connection(cast.team, s3_server)
+    connection.endpoint_url = s3_server.url.replace("http://", "https://")
+    ok, message = services.connection_test(connection=connection)
+
+    assert not ok
+    assert message.startswith("TLS failed when talking to https://127.0.0.1:")
+
+
+def test_a_local_folder_outside_the_allowed_roots_is_refused(cast):
+    with pytest.raises(Exception, match="outside the folders an administrator allows"):
+        services.connection_create(workspace=cast.team, name="etc", kind="local", root_path="/etc")
+
+
+def test_secrets_are_encrypted_at_rest(cast, s3_server):
+    connection = s3_connection(cast.team, s3_server)
+    stored = bytes(Connection.objects.get(pk=connection.pk).encrypted_secrets)
+
+    assert SECRET_KEY.encode() not in stored and ACCESS_KEY.encode() not in stored
+    assert unseal(stored) == {"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}
+
+
+def test_blank_secrets_on_edit_keep_the_saved_ones(cast, s3_server):
+    connection = s3_connection(cast.team, s3_server)
+    services.connection_update(
+        connection=connection, secrets={"access_key_id": "", "secret_access_key": ""}, region="eu-west-1"
+    )
+
+    assert unseal(Connection.objects.get(pk=connection.pk).encrypted_secrets)["secret_access_key"] == SECRET_KEY
+
+
+def test_no_secret_appears_in_any_api_response_page_or_log_line(cast, s3_server, client, caplog):
+    caplog.set_level(logging.INFO)
+    api = APIClient()
+    api.force_authenticate(cast.admin)
+    secrets = [SECRET_KEY, ACCESS_KEY, HUB_TOKEN]
+    bodies = []
+
+    created = api.post(
+        "/api/v1/connections/",
+        {"name": "s3", "kind": "s3", "endpoint_url": s3_server.url, "bucket": "models",
+         "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY},
+        format="json",
+    )  # fmt: skip
+    hub = api.post(
+        "/api/v1/connections/",
+        {"name": "hub", "kind": "hf", "endpoint_url": "http://127.0.0.1:9", "token": HUB_TOKEN},
+        format="json",
+    )
+    assert created.status_code == 201 and hub.status_code == 201
+    assert created.json()["has_secrets"] is True
+    s3_id, hub_id = created.json()["id"], hub.json()["id"]
+    bodies += [created.content, hub.content]
+    for path in ("/api/v1/connections/", f"/api/v1/connections/{s3_id}/", f"/api/v1/connections/{hub_id}/"):
+        bodies.append(api.get(path).content)
+    bodies.append(api.post(f"/api/v1/connections/{s3_id}/test/").content)
+    bodies.append(api.post(f"/api/v1/connections/{hub_id}/test/").content)  # fails: nothing on port 9
+    bodies.append(api.patch(f"/api/v1/connections/{s3_id}/", {"region": "eu-west-1"}, format="json").content)
+    bodies.append(api.get("/api/v1/schema/").content)
+
+    client.force_login(cast.admin)
+    for name in ("connection_list",):
+        bodies.append(client.get(reverse(f"registry:{name}")).content)
+    for pk in (s3_id, hub_id):
+        for name in ("connection_detail", "connection_edit"):
+            bodies.append(client.get(reverse(f"registry:{name}", args=[pk])).content)
+
+    for secret in secrets:
+        assert not any(secret.encode() in body for body in bodies), f"{secret} leaked in a response"
+        assert secret not in caplog.text, f"{secret} leaked in the log"
+    assert caplog.records, "the log was not captured at all"

@@ -1,0 +1,107 @@
+"""`make run`: prepares the database and the demo content, then starts the
+console's processes (web, Celery worker, Celery beat) and stops them all
+together on Ctrl-C or when one of them dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def manage(*args: str) -> None:
+    subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], check=True, cwd=ROOT)
+
+
+def main() -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    from config import embedded_redis
+
+    host = os.environ.get("PLUGBOARD_HOST", "127.0.0.1")
+    port = os.environ.get("PLUGBOARD_PORT", "8000")
+    Path(settings.VAR_DIR).mkdir(parents=True, exist_ok=True)
+    if embedded_redis.ensure_running(settings.REDIS_URL):
+        print(f"Started the embedded Redis at {settings.REDIS_URL}")
+    manage("migrate", "--no-input", "-v", "0")
+    manage("collectstatic", "--no-input", "-v", "0")
+    manage("ensure_admin")
+    demo = Path(settings.VAR_DIR) / "demo-store"
+    if (demo / "smollm2-135m-instruct" / ".complete").exists():
+        manage("register_demo", "--store", str(demo))
+
+    log_dir = Path(settings.VAR_DIR) / "log"
+    log_dir.mkdir(exist_ok=True)
+    commands = {
+        "web": [str(BIN / "uvicorn"), "config.asgi:application", "--host", host, "--port", port, "--no-access-log"],
+        "worker": [
+            str(BIN / "celery"),
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            "control",
+            "-c",
+            "2",
+            "-n",
+            "control@%h",
+            "-l",
+            "INFO",
+        ],
+        "beat": [
+            str(BIN / "celery"),
+            "-A",
+            "config",
+            "beat",
+            "-l",
+            "INFO",
+            "-s",
+            str(Path(settings.VAR_DIR) / "celerybeat-schedule"),
+        ],
+    }
+    processes = {}
+    for name, argv in commands.items():
+        log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the child's lifetime)
+        processes[name] = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    print(f"Plugboard is running at http://{host}:{port}/  (logs in {log_dir}; Ctrl-C stops it)", flush=True)
+
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping:
+            dead = [name for name, p in processes.items() if p.poll() is not None]
+            if dead:
+                print(f"{', '.join(dead)} stopped unexpectedly; see {log_dir}. Stopping the rest.", file=sys.stderr)
+                break
+            time.sleep(0.5)
+    finally:
+        for p in processes.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in processes.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+    return 0 if stopping else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
