@@ -14,13 +14,19 @@ VAR := var
 DEMO_STORE := $(VAR)/demo-store
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint format demo bench clean venv vllm
+.PHONY: run test lint format demo bench clean venv vllm chromium
 
 run: $(VENV)/.installed $(VLLM_VENV)/.installed demo
 	$(PY) scripts/run_console.py
 
-test: $(VENV)/.installed $(VLLM_VENV)/.installed $(OLAH_VENV)/.installed demo
+test: $(VENV)/.installed $(VLLM_VENV)/.installed $(OLAH_VENV)/.installed demo chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Browser tests drive Debian's Chromium (Playwright cannot download its own browser here).
+chromium:
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "Install Chromium for the browser tests: sudo apt-get install chromium" >&2; exit 1; fi; }
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

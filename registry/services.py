@@ -52,6 +52,15 @@ def _validate_connection(connection: Connection) -> None:
             raise DomainError(str(exc)) from None
 
 
+def _save_connection(connection: Connection) -> None:
+    _validate_connection(connection)
+    try:
+        with transaction.atomic():
+            connection.save()
+    except IntegrityError:
+        raise DomainError(f"This workspace already has a connection named “{connection.name}”.") from None
+
+
 def connection_create(
     *, workspace: Workspace, name: str, kind: str, user=None, secrets: dict | None = None, **fields
 ) -> Connection:
@@ -65,12 +74,7 @@ def connection_create(
         setattr(connection, key, value)
     allowed = SECRET_FIELDS[kind]
     connection.encrypted_secrets = seal({k: v for k, v in (secrets or {}).items() if k in allowed})
-    _validate_connection(connection)
-    try:
-        with transaction.atomic():
-            connection.save()
-    except IntegrityError:
-        raise DomainError(f"This workspace already has a connection named “{name}”.") from None
+    _save_connection(connection)
     log.info("connection %s created in workspace %s", connection.pk, workspace.pk)
     return connection
 
@@ -85,12 +89,7 @@ def connection_update(*, connection: Connection, secrets: dict | None = None, **
         current = unseal(connection.encrypted_secrets)
         current.update({k: v for k, v in secrets.items() if v and k in SECRET_FIELDS[connection.kind]})
         connection.encrypted_secrets = seal(current)
-    _validate_connection(connection)
-    try:
-        with transaction.atomic():
-            connection.save()
-    except IntegrityError:
-        raise DomainError(f"This workspace already has a connection named “{connection.name}”.") from None
+    _save_connection(connection)
     return connection
 
 

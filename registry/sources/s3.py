@@ -106,7 +106,7 @@ def check(connection) -> str:
         raise SourceError("Name the bucket this connection reads from.")
     client = client_for(connection)
     try:
-        client.head_bucket(Bucket=connection.bucket)
+        # A listing (not HEAD, whose answers have no body) tells a bad key from a bad secret from a missing permission.
         client.list_objects_v2(Bucket=connection.bucket, MaxKeys=1)
     except Exception as exc:  # boto3 raises many kinds; describe_error sorts them out
         raise describe_error(exc, connection) from None

@@ -60,6 +60,44 @@ def test_tls_to_a_server_that_does_not_speak_it_is_a_tls_failure(cast, s3_server
     assert message.startswith("TLS failed when talking to https://127.0.0.1:")
 
 
+@pytest.fixture(scope="module")
+def strict_s3():
+    """A second S3 server that checks signatures and permissions, as AWS does."""
+    from tests.support.s3_server import S3Server
+
+    server = S3Server(enforce_auth=True).start()
+    server.put_files("private-models", "", {})
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("who", "message"),
+    [
+        ("reader", "Connected to {url} and listed bucket “private-models”."),
+        ("bad-secret", "{url} refused the credentials: the secret key does not match the access key."),
+        ("unknown-key", "{url} does not know this access key. Check the access key id."),
+        ("stranger", "Access denied to s3://private-models/: the credentials are valid but lack permission"),
+    ],
+)
+def test_credentials_are_checked_and_each_failure_named(cast, strict_s3, who, message):
+    keys = {
+        "reader": strict_s3.reader,
+        "bad-secret": (strict_s3.reader[0], "not-the-secret"),
+        "unknown-key": ("AKIANOSUCHKEY0000000", "whatever"),
+        "stranger": strict_s3.stranger,
+    }[who]
+    connection = services.connection_create(
+        workspace=cast.team, name=who, kind="s3", endpoint_url=strict_s3.url, bucket="private-models",
+        secrets={"access_key_id": keys[0], "secret_access_key": keys[1]},
+    )  # fmt: skip
+    ok, said = services.connection_test(connection=connection)
+
+    assert ok is (who == "reader")
+    assert said.startswith(message.format(url=strict_s3.url)), said
+    assert keys[1] not in said
+
+
 def test_a_local_folder_outside_the_allowed_roots_is_refused(cast):
     with pytest.raises(Exception, match="outside the folders an administrator allows"):
         services.connection_create(workspace=cast.team, name="etc", kind="local", root_path="/etc")
