@@ -32,10 +32,15 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) manage.py spectacular --fail-on-warn --file /dev/null
 
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# Benchmarks measure and print; they are not tests (see bench/README.md).
+bench: $(VENV)/.installed
+	$(PY) bench/fetch_s3.py
 
 venv: $(VENV)/.installed
 vllm: $(VLLM_VENV)/.installed

@@ -10,13 +10,17 @@ from django.http import Http404
 from accounts.models import Role
 
 
-def get_for(user, queryset: QuerySet, pk, *, write: bool = False) -> Model:
-    """Returns the row `pk` of `queryset` (a model with a `workspace`) if `user`
-    is a member of its workspace; with `write`, only for owners and editors."""
-    obj = queryset.filter(pk=pk, workspace__memberships__user=user).first()
+def get_for(user, queryset: QuerySet, pk, *, write: bool = False, via: str = "workspace") -> Model:
+    """Returns the row `pk` of `queryset` if `user` is a member of its workspace
+    (the field path `via`, e.g. "artifact__workspace"); with `write`, only for
+    owners and editors."""
+    obj = queryset.filter(**{"pk": pk, f"{via}__memberships__user": user}).first()
     if obj is None:
         raise Http404
-    if write and not can_write(user, obj.workspace):
+    workspace = obj
+    for attribute in via.split("__"):
+        workspace = getattr(workspace, attribute)
+    if write and not can_write(user, workspace):
         raise PermissionDenied("Viewers can look but not change anything in this workspace.")
     return obj
 

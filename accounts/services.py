@@ -63,20 +63,19 @@ def api_token_authenticate(*, raw: str):
     return token.user
 
 
-def admin_ensure(*, username: str, password: str | None, workspace_name: str) -> tuple[object, str | None]:
-    """Makes sure an administrator and the default workspace exist. Returns the
-    user and the password when one was generated (to be printed once)."""
+def admin_ensure(*, username: str, password: str | None, workspace_name: str) -> tuple[object, bool, str | None]:
+    """Makes sure an administrator and the default workspace exist, the
+    administrator owning it. Returns the user, whether it was created, and the
+    password when one was generated (to be printed once)."""
     User = get_user_model()
-    generated = None
     user = User.objects.filter(username=username).first()
-    if user is None:
-        generated = password or secrets.token_urlsafe(12)
-        user = User.objects.create_superuser(username=username, password=generated, email="")
-        if password:
-            generated = None
+    created, generated = user is None, None
+    if created:
+        generated = None if password else secrets.token_urlsafe(12)
+        user = User.objects.create_superuser(username=username, password=password or generated, email="")
     workspace = Workspace.objects.filter(slug=slugify(workspace_name)).first()
     if workspace is None:
         workspace = workspace_create(name=workspace_name, owner=user)
     else:
         membership_set(workspace=workspace, user=user, role=Role.OWNER)
-    return user, generated
+    return user, created, generated

@@ -5,3 +5,6 @@ from django.apps import AppConfig
 
 class ClusterConfig(AppConfig):
     name = "cluster"
+
+    def ready(self) -> None:
+        from cluster import agent  # noqa: F401 (connects the node agent's worker signals)

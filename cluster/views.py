@@ -1,8 +1,71 @@
 from __future__ import annotations
 
-from django.shortcuts import render
+from django.contrib import messages
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from accounts.access import get_for
+from cluster import selectors, services
+from cluster.forms import FetchForm
+from cluster.models import CachedArtifact
+from cluster.tasks import remove_cached_artifact
+from config.errors import DomainError
+from registry.models import Artifact
 
 
 def cluster_page(request):
-    # Nodes, accelerators and caches arrive with the node agent (issue #3).
-    return render(request, "cluster/cluster.html")
+    nodes = selectors.nodes_with_details(request.user)
+    template = "cluster/cluster.html#nodes" if request.htmx else "cluster/cluster.html"
+    return render(request, template, {"nodes": nodes})
+
+
+def artifact_nodes(request, pk):
+    """The "On nodes" part of a model page: where it is cached, fetches under way."""
+    artifact = get_for(request.user, Artifact.objects.all(), pk)
+    entries = selectors.cached_visible_to(request.user).filter(artifact=artifact)
+    return render(
+        request, "cluster/_artifact_nodes.html", {"artifact": artifact, "entries": entries, "form": FetchForm()}
+    )
+
+
+@require_POST
+def artifact_fetch(request, pk):
+    artifact = get_for(request.user, Artifact.objects.all(), pk, write=True)
+    form = FetchForm(request.POST)
+    if form.is_valid():
+        try:
+            services.artifact_fetch_request(artifact=artifact, node=form.cleaned_data["node"])
+        except DomainError as exc:
+            messages.error(request, exc.message)
+    return redirect(artifact)
+
+
+@require_POST
+def cached_cancel(request, pk):
+    cached = _cached_for(request, pk)
+    try:
+        services.artifact_fetch_cancel(cached=cached)
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    return redirect(cached.artifact)
+
+
+@require_POST
+def cached_remove(request, pk):
+    cached = _cached_for(request, pk)
+    if cached.leases.exists():
+        messages.error(request, f"{cached.artifact.name} is in use on {cached.node.name}; stop what uses it first.")
+    else:
+        remove_cached_artifact.apply_async(args=[cached.pk], queue=cached.node.queue)
+        messages.success(request, f"Removing {cached.artifact.name} from {cached.node.name}'s cache.")
+    return redirect(cached.artifact)
+
+
+def _cached_for(request, pk) -> CachedArtifact:
+    return get_for(
+        request.user,
+        CachedArtifact.objects.select_related("artifact", "node"),
+        pk,
+        write=True,
+        via="artifact__workspace",
+    )

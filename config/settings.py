@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from kombu import Queue
+from kombu.common import Broadcast
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -80,6 +82,10 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'd
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web, worker and beat write to one file; wait for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # SQLite creates the file but not its folder (a fresh clone has no var/ yet).
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Tests start node agents as processes of their own: the test database must be a file they can open.
+    DATABASES["default"].setdefault("TEST", {}).setdefault("NAME", str(VAR_DIR / "test-db.sqlite3"))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -115,6 +121,9 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "control"
 # Control-plane work; node agents get their own queues ("node.<name>") when the cluster app adds them.
 CELERY_TASK_ROUTES = {"registry.tasks.*": {"queue": "control"}}
+# "nodes" reaches every node agent at once (a fanout); "node.<name>" queues are made as agents start.
+CELERY_TASK_QUEUES = [Queue("control"), Broadcast("nodes")]
+CELERY_TASK_CREATE_MISSING_QUEUES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -151,6 +160,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "ConnectionKindEnum": "registry.models.ConnectionKind",
+        "ArtifactKindEnum": "registry.models.ArtifactKind",
+        "ArtifactStatusEnum": "registry.models.ArtifactStatus",
+        "CacheStatusEnum": "cluster.models.CachedArtifact.Status",
+    },
 }
 
 # Fernet key that encrypts connection secrets at rest. Derived from SECRET_KEY
@@ -174,3 +189,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"botocore": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
 }
+
+# Node agents report this often; a node that misses three reports is shown offline.
+PLUGBOARD_NODE_HEARTBEAT_SECONDS = env.float("PLUGBOARD_NODE_HEARTBEAT_SECONDS", default=5.0)
+# A node's download bandwidth cap in bytes per second (0: none), so fetches leave room for serving traffic.
+PLUGBOARD_FETCH_MAX_BYTES_PER_SECOND = env.int("PLUGBOARD_FETCH_MAX_BYTES_PER_SECOND", default=0)
+# The vLLM runtime a node agent reports and (later) launches: the interpreter of its own virtualenv.
+PLUGBOARD_VLLM_PYTHON = Path(env.str("PLUGBOARD_VLLM_PYTHON", default=str(BASE_DIR / ".venv-vllm" / "bin" / "python")))

@@ -6,13 +6,13 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from cluster.views import cluster_page
 from deployments.views import deployment_list
 from inference.views import playground
 
 api_v1 = [
     path("", include("accounts.api.urls")),
     path("", include("registry.api.urls")),
+    path("", include("cluster.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
@@ -26,6 +26,6 @@ urlpatterns = [
     path("", include("accounts.urls")),
     path("deployments/", deployment_list, name="deployment_list"),
     path("inference/", playground, name="playground"),
-    path("cluster/", cluster_page, name="cluster"),
+    path("", include("cluster.urls")),
     path("api/v1/", include(api_v1)),
 ]

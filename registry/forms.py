@@ -76,7 +76,10 @@ class ArtifactEditForm(StyledForm):
 
 
 class ArtifactFilterForm(StyledForm):
-    search = forms.CharField(required=False)
+    search = forms.CharField(
+        required=False,
+        widget=forms.TextInput(attrs={"placeholder": "Search names, tags, architectures", "type": "search"}),
+    )
     kind = forms.ChoiceField(required=False, choices=[("", "Any kind"), *ArtifactKind.choices])
     source = forms.ChoiceField(required=False, choices=[("", "Any source"), *ConnectionKind.choices])
     status = forms.ChoiceField(

@@ -43,33 +43,20 @@ def main() -> int:
 
     log_dir = Path(settings.VAR_DIR) / "log"
     log_dir.mkdir(exist_ok=True)
+    var = Path(settings.VAR_DIR)
+    node_name = os.environ.get("PLUGBOARD_NODE_NAME", "local")
+    quota = os.environ.get("PLUGBOARD_CACHE_QUOTA", "20G")
+    celery = str(BIN / "celery")
+    # fmt: off
     commands = {
         "web": [str(BIN / "uvicorn"), "config.asgi:application", "--host", host, "--port", port, "--no-access-log"],
-        "worker": [
-            str(BIN / "celery"),
-            "-A",
-            "config",
-            "worker",
-            "-Q",
-            "control",
-            "-c",
-            "2",
-            "-n",
-            "control@%h",
-            "-l",
-            "INFO",
-        ],
-        "beat": [
-            str(BIN / "celery"),
-            "-A",
-            "config",
-            "beat",
-            "-l",
-            "INFO",
-            "-s",
-            str(Path(settings.VAR_DIR) / "celerybeat-schedule"),
-        ],
+        "worker": [celery, "-A", "config", "worker", "-Q", "control", "-c", "2", "-n", "control@%h", "-l", "INFO"],
+        "beat": [celery, "-A", "config", "beat", "-l", "INFO", "-s", str(var / "celerybeat-schedule")],
+        # This machine's node agent: its CPU (or GPUs), its vLLM runtime and its artifact cache.
+        "node": [sys.executable, str(ROOT / "manage.py"), "node_agent", "--name", node_name, "--address", "127.0.0.1",
+                 "--cache-dir", str(var / "cache"), "--cache-quota", quota],
     }
+    # fmt: on
     processes = {}
     for name, argv in commands.items():
         log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 (kept open for the child's lifetime)

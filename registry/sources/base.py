@@ -3,8 +3,11 @@ later, to the node's artifact cache."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+
+CHUNK = 1024 * 1024  # what a stream yields at a time
 
 
 class SourceError(Exception):
@@ -41,4 +44,12 @@ class Source:
 
     def read_range(self, path: str, start: int, length: int) -> bytes:
         """Returns up to `length` bytes of `path` from offset `start`."""
+        return b"".join(self.stream_range(path, start, start + length))
+
+    def stream_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
+        """Yields the bytes [start, end) of `path` as they arrive, counting them in `bytes_read`."""
+        raise NotImplementedError
+
+    def current(self, path: str) -> RemoteFile:
+        """Returns the file as the source has it now (size and checksum), to tell whether it changed."""
         raise NotImplementedError

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from django.conf import settings
 from huggingface_hub import HfApi, hf_hub_url
 from huggingface_hub.errors import (
@@ -14,7 +16,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session
 
-from registry.sources.base import RemoteFile, Source, SourceError
+from registry.sources.base import CHUNK, RemoteFile, Source, SourceError
 from registry.vault import unseal
 
 PUBLIC_HUB = "https://huggingface.co"
@@ -125,13 +127,13 @@ class HubSource(Source):
             raise SourceError(f"The repository {self.repo_id} has no files at {self.revision or 'its default branch'}.")
         return self.commit, files
 
-    def read_range(self, path: str, start: int, length: int) -> bytes:
+    def stream_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
         # Pinned to the resolved commit, so every read sees the same content.
         url = hf_hub_url(
             self.repo_id, path, revision=self.commit or self.revision, endpoint=endpoint_of(self.connection)
         )
         headers = build_hf_headers(token=self.token or False)
-        headers["Range"] = f"bytes={start}-{start + length - 1}"
+        headers["Range"] = f"bytes={start}-{end - 1}"
         try:
             with get_session().stream(
                 "GET", url, headers=headers, follow_redirects=True, timeout=settings.PLUGBOARD_SOURCE_TIMEOUT
@@ -142,18 +144,22 @@ class HubSource(Source):
                     raise SourceError(
                         f"{endpoint_of(self.connection)} answered HTTP {response.status_code} for {path}."
                     )
-                # A server that ignores Range sends the whole file: stop reading once we have enough.
-                wanted = length if response.status_code == 206 else start + length
-                data = bytearray()
-                for chunk in response.iter_bytes():
-                    data += chunk
-                    if len(data) >= wanted:
+                # A server that ignores Range (some mirrors do) sends the whole file: skip to `start`, stop at `end`.
+                position = start if response.status_code == 206 else 0
+                for data in response.iter_bytes(CHUNK):
+                    self.bytes_read += len(data)
+                    if position + len(data) > start:
+                        yield data[max(0, start - position) : end - position]
+                    position += len(data)
+                    if position >= end:
                         break
         except SourceError:
             raise
         except Exception as exc:
             raise describe_error(exc, self.connection, repo_id=self.repo_id) from None
-        self.bytes_read += len(data)
-        if response.status_code == 200:
-            return bytes(data[start : start + length])
-        return bytes(data[:length])
+
+    def current(self, path: str) -> RemoteFile:
+        for f in self.resolve()[1]:
+            if f.path == path:
+                return f
+        raise SourceError(f"{path} is no longer in {self.repo_id} at {self.commit or self.revision}.")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from django.conf import settings
 
-from registry.sources.base import RemoteFile, Source, SourceError
+from registry.sources.base import CHUNK, RemoteFile, Source, SourceError
 
 
 def confined_root(root_path: str) -> Path:
@@ -64,9 +65,21 @@ class LocalSource(Source):
         # No checksum without reading every byte: the revision is a digest of names, sizes and times.
         return "files:" + stamp.hexdigest()[:16], files
 
-    def read_range(self, path: str, start: int, length: int) -> bytes:
+    def stream_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
         with open(self.folder / path, "rb") as f:
             f.seek(start)
-            data = f.read(length)
-        self.bytes_read += len(data)
-        return data
+            remaining = end - start
+            while remaining > 0 and (data := f.read(min(CHUNK, remaining))):
+                self.bytes_read += len(data)
+                remaining -= len(data)
+                yield data
+
+    def local_path(self, wanted) -> Path:
+        """Where a manifest file lies on this host, so a node's cache can hard-link or copy it."""
+        return self.folder / wanted.path
+
+    def current(self, path: str) -> RemoteFile:
+        try:
+            return RemoteFile(path=path, size=(self.folder / path).stat().st_size)
+        except FileNotFoundError:
+            raise SourceError(f"{self.folder / path} no longer exists.") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -18,7 +19,7 @@ from botocore.exceptions import (
 )
 from django.conf import settings
 
-from registry.sources.base import RemoteFile, Source, SourceError
+from registry.sources.base import CHUNK, RemoteFile, Source, SourceError
 from registry.vault import unseal
 
 
@@ -140,12 +141,22 @@ class S3Source(Source):
         stamp = hashlib.sha256("".join(f"{f.path}\0{f.checksum}\n" for f in files).encode())
         return "etags:" + stamp.hexdigest()[:16], files
 
-    def read_range(self, path: str, start: int, length: int) -> bytes:
+    def stream_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
         key = self.prefix + path
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}")
-            data = response["Body"].read()
+            response = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+            for data in response["Body"].iter_chunks(CHUNK):
+                self.bytes_read += len(data)
+                yield data
+        except SourceError:
+            raise
         except Exception as exc:
             raise describe_error(exc, self.connection, key=key) from None
-        self.bytes_read += len(data)
-        return data
+
+    def current(self, path: str) -> RemoteFile:
+        key = self.prefix + path
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise describe_error(exc, self.connection, key=key) from None
+        return RemoteFile(path=path, size=head["ContentLength"], checksum=head["ETag"].strip('"'), checksum_kind="etag")

@@ -27,7 +27,7 @@ def test_every_page_requires_signing_in(client, db):
         "registry:connection_list",
         "accounts:settings",
         "deployment_list",
-        "cluster",
+        "cluster:cluster",
         "playground",
     ):
         response = client.get(reverse(name))

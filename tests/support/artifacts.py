@@ -137,3 +137,12 @@ def adapter_files(
         "adapter_config.json": json.dumps(adapter_config(r=r, targets=targets, **config_overrides)).encode(),
         "adapter_model.safetensors": safetensors_bytes(lora_tensors(hidden=hidden, r=r, targets=targets)),
     }
+
+
+def random_safetensors(size: int) -> bytes:
+    """A valid safetensors file holding one F16 tensor of `size` random bytes (size even)."""
+    import os
+
+    header = safetensors_bytes({"w": ([size // 2], "F16")})
+    prefix = header[: len(header) - size]
+    return prefix + os.urandom(size)

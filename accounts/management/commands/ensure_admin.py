@@ -15,11 +15,13 @@ class Command(BaseCommand):
         parser.add_argument("--workspace", default="Default")
 
     def handle(self, *args, username, workspace, **options):
-        user, generated = admin_ensure(
+        user, created, generated = admin_ensure(
             username=username, password=os.environ.get("PLUGBOARD_ADMIN_PASSWORD") or None, workspace_name=workspace
         )
         if generated:
             self.stdout.write(self.style.WARNING(f"Administrator “{username}” created with password: {generated}"))
             self.stdout.write("This password is shown once. Change it under /admin/ or set PLUGBOARD_ADMIN_PASSWORD.")
+        elif created:
+            self.stdout.write(f"Administrator “{username}” created with the password from PLUGBOARD_ADMIN_PASSWORD.")
         else:
             self.stdout.write(f"Administrator “{user.username}” exists.")

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from accounts.access import get_for
+from cluster import selectors, services
+from cluster.api.serializers import (
+    AcceleratorSerializer,
+    CachedArtifactSerializer,
+    FetchRequestSerializer,
+    NodeSerializer,
+)
+from cluster.models import Accelerator, CachedArtifact, Node
+from cluster.tasks import remove_cached_artifact
+from config.errors import DomainError
+from registry.models import Artifact
+
+
+class NodeViewSet(viewsets.ReadOnlyModelViewSet):
+    """Nodes (shared by every workspace), with their accelerators and runtimes."""
+
+    serializer_class = NodeSerializer
+    queryset = Node.objects.prefetch_related("accelerators")
+
+
+class AcceleratorViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = AcceleratorSerializer
+    queryset = Accelerator.objects.select_related("node")
+
+
+class CacheViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Artifacts in node caches. Requesting a fetch answers 202: poll until
+    `status` is ready, failed or cancelled."""
+
+    serializer_class = CachedArtifactSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no user
+            return CachedArtifact.objects.none()
+        qs = selectors.cached_visible_to(self.request.user)
+        if node := self.request.query_params.get("node"):
+            qs = qs.filter(node__name=node)
+        if artifact := self.request.query_params.get("artifact"):
+            qs = qs.filter(artifact_id=artifact)
+        return qs
+
+    def _writable(self) -> CachedArtifact:
+        return get_for(self.request.user, CachedArtifact.objects.select_related("node", "artifact"), self.kwargs["pk"],
+                       write=True, via="artifact__workspace")  # fmt: skip
+
+    @extend_schema(request=FetchRequestSerializer, responses={202: CachedArtifactSerializer})
+    def create(self, request):
+        serializer = FetchRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        artifact = get_for(request.user, Artifact.objects.all(), serializer.validated_data["artifact"], write=True)
+        cached = services.artifact_fetch_request(artifact=artifact, node=serializer.validated_data["node"])
+        return Response(CachedArtifactSerializer(cached).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses=CachedArtifactSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        cached = services.artifact_fetch_cancel(cached=self._writable())
+        return Response(CachedArtifactSerializer(cached).data)
+
+    @extend_schema(responses={202: None})
+    def destroy(self, request, pk=None):
+        """Removes the artifact from the node's cache (the node's agent does it); refused while in use."""
+        cached = self._writable()
+        if cached.leases.exists():
+            raise DomainError(
+                f"{cached.artifact.name} is in use on {cached.node.name}; stop what uses it first.", status=409
+            )
+        remove_cached_artifact.apply_async(args=[cached.pk], queue=cached.node.queue)
+        return Response(status=status.HTTP_202_ACCEPTED)

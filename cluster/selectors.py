@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from django.db.models import Prefetch, QuerySet
+
+from cluster.models import CachedArtifact, Node
+
+
+def cached_visible_to(user) -> QuerySet[CachedArtifact]:
+    """Cache entries of artifacts in `user`'s workspaces."""
+    return CachedArtifact.objects.filter(artifact__workspace__memberships__user=user).select_related("node", "artifact")
+
+
+def nodes_with_details(user) -> QuerySet[Node]:
+    """Every node (the cluster is shared), with its accelerators and the cache entries `user` may see."""
+    return Node.objects.prefetch_related(
+        "accelerators",
+        Prefetch("cached", queryset=cached_visible_to(user).order_by("artifact__name"), to_attr="visible_cached"),
+    )

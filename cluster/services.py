@@ -1,0 +1,319 @@
+"""All writes and state transitions of the cluster: nodes and their reports,
+and artifacts coming into (and leaving) node caches."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from cluster.cache import ArtifactCache, FetchCancelled, FetchError, Wanted, evict_lru
+from cluster.inventory import Inventory, cpu_name
+from cluster.models import Accelerator, CachedArtifact, CacheLease, Node
+from config.errors import DomainError
+from registry.models import Artifact, ArtifactStatus
+from registry.sources import SourceError, open_source
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 1.0  # seconds between progress writes (and cancellation checks)
+
+
+# Nodes ---------------------------------------------------------------------
+
+
+def node_register(*, name: str, address: str, cache_dir: str, cache_quota_bytes: int) -> Node:
+    """Creates or updates the node a starting agent serves, and marks it started."""
+    if cache_quota_bytes <= 0:
+        raise DomainError("The cache quota must be more than zero bytes.")
+    node, _ = Node.objects.update_or_create(
+        name=name,
+        defaults={
+            "address": address,
+            "cache_dir": cache_dir,
+            "cache_quota_bytes": cache_quota_bytes,
+            "started_at": timezone.now(),
+        },
+    )
+    return node
+
+
+def node_report(*, node: Node, inventory: Inventory, cache: ArtifactCache) -> Node:
+    """Records what the agent found now: accelerators (GPUs, else the CPU),
+    memory, runtimes and cache usage, and that the node is alive. Recreates
+    the node if someone deleted it while its agent ran."""
+    with transaction.atomic():
+        node, _ = Node.objects.get_or_create(
+            name=node.name,
+            defaults={
+                "address": node.address,
+                "cache_dir": node.cache_dir,
+                "cache_quota_bytes": node.cache_quota_bytes,
+            },
+        )
+        seen = []
+        if inventory.gpus:
+            for gpu in inventory.gpus:
+                accelerator, _ = Accelerator.objects.update_or_create(
+                    node=node,
+                    kind=Accelerator.Kind.GPU,
+                    index=gpu.index,
+                    defaults={
+                        "name": gpu.name,
+                        "uuid": gpu.uuid,
+                        "memory_total_bytes": gpu.memory_total_bytes,
+                        "memory_free_bytes": gpu.memory_free_bytes,
+                        "utilization_percent": gpu.utilization_percent,
+                    },
+                )
+                seen.append(accelerator.pk)
+        else:
+            accelerator, _ = Accelerator.objects.update_or_create(
+                node=node,
+                kind=Accelerator.Kind.CPU,
+                index=0,
+                defaults={
+                    "name": cpu_name(),
+                    "memory_total_bytes": inventory.memory_total_bytes,
+                    "memory_free_bytes": inventory.memory_available_bytes,
+                    "cores": inventory.cpu_count,
+                },
+            )
+            seen.append(accelerator.pk)
+        Accelerator.objects.filter(node=node).exclude(pk__in=seen).delete()
+        Node.objects.filter(pk=node.pk).update(
+            hostname=inventory.hostname,
+            cpu_count=inventory.cpu_count,
+            memory_total_bytes=inventory.memory_total_bytes,
+            memory_available_bytes=inventory.memory_available_bytes,
+            runtimes=inventory.runtimes,
+            cache_used_bytes=cache.usage_bytes(),
+            disk_free_bytes=cache.free_bytes(),
+            last_seen_at=timezone.now(),
+        )
+    node.refresh_from_db()
+    return node
+
+
+# The cache -----------------------------------------------------------------
+
+
+def artifact_fetch_request(*, artifact: Artifact, node: Node) -> CachedArtifact:
+    """Asks `node` to bring `artifact` into its cache. A fetch already under
+    way is shared, a cached artifact is reused; otherwise queues one on the
+    node's own queue. Returns the cache entry to poll."""
+    from cluster.tasks import fetch_artifact
+
+    if artifact.status != ArtifactStatus.READY:
+        raise DomainError(
+            f"{artifact.name} is {artifact.get_status_display().lower()}; only ready artifacts can be fetched."
+        )
+    if not node.is_online:
+        raise DomainError(f"The node {node.name} is offline: its agent has not reported for a while.")
+    with transaction.atomic():
+        cached, created = CachedArtifact.objects.select_for_update().get_or_create(
+            node=node, artifact=artifact, defaults={"revision": artifact.resolved_revision}
+        )
+        if not created and cached.is_active:
+            return cached  # one download per artifact per node: share it
+        if (
+            not created
+            and cached.status == CachedArtifact.Status.READY
+            and cached.revision == artifact.resolved_revision
+        ):
+            CachedArtifact.objects.filter(pk=cached.pk).update(last_used_at=timezone.now())
+            return cached
+        CachedArtifact.objects.filter(pk=cached.pk).update(
+            status=CachedArtifact.Status.QUEUED,
+            revision=artifact.resolved_revision,
+            error="",
+            bytes_done=0,
+            bytes_transferred=0,
+            rate_bytes_per_second=None,
+            eta_seconds=None,
+            requested_at=timezone.now(),
+            started_at=None,
+            finished_at=None,
+        )
+        transaction.on_commit(lambda: fetch_artifact.apply_async(args=[cached.pk], queue=node.queue))
+    cached.refresh_from_db()
+    return cached
+
+
+def artifact_fetch_cancel(*, cached: CachedArtifact) -> CachedArtifact:
+    """Stops a queued or running fetch; what was downloaded stays for a later resume."""
+    stopped = CachedArtifact.objects.filter(pk=cached.pk, status__in=CachedArtifact.ACTIVE).update(
+        status=CachedArtifact.Status.CANCELLED, finished_at=timezone.now(), error="Cancelled."
+    )
+    if not stopped:
+        raise DomainError("This fetch is not running.")
+    cached.refresh_from_db()
+    return cached
+
+
+def artifact_fetch_run(*, cached_id: int, cache: ArtifactCache) -> CachedArtifact | None:
+    """Runs on the node: claims a queued fetch (or one a killed agent left
+    running), checks the source has not changed since registration, downloads
+    what the cache lacks with progress, and records the outcome. Returns None
+    when there was nothing to claim."""
+    claimed = CachedArtifact.objects.filter(pk=cached_id, status__in=CachedArtifact.ACTIVE).update(
+        status=CachedArtifact.Status.FETCHING, started_at=timezone.now()
+    )
+    if not claimed:
+        return None
+    cached = CachedArtifact.objects.select_related("artifact__connection", "node").get(pk=cached_id)
+    artifact = cached.artifact
+    manifest = list(artifact.files.all())
+    wanted = [Wanted(f.path, f.size, f.checksum, f.checksum_kind) for f in manifest]
+    total = sum(w.size for w in wanted)
+    CachedArtifact.objects.filter(pk=cached_id).update(bytes_total=total)
+    progress = _ProgressWriter(cached_id, total)
+    try:
+        source = open_source(artifact.connection, location=artifact.location, revision=artifact.resolved_revision)
+        _check_unchanged(artifact, source, manifest)
+        local_file = getattr(source, "local_path", None)
+        read = _throttled(source.stream_range, settings.PLUGBOARD_FETCH_MAX_BYTES_PER_SECOND)
+        report = cache.fetch(cached.key, wanted, read, progress=progress, local_file=local_file)
+    except FetchCancelled:
+        return _finish(cached_id, CachedArtifact.Status.CANCELLED, "Cancelled.", progress)
+    except (FetchError, SourceError, DomainError) as exc:
+        return _finish(cached_id, CachedArtifact.Status.FAILED, getattr(exc, "message", None) or str(exc), progress)
+    except Exception:
+        log.exception("fetch %s failed unexpectedly", cached_id)
+        return _finish(
+            cached_id,
+            CachedArtifact.Status.FAILED,
+            "The fetch failed unexpectedly; see the node agent's log.",
+            progress,
+        )
+    CachedArtifact.objects.filter(pk=cached_id, status=CachedArtifact.Status.FETCHING).update(
+        status=CachedArtifact.Status.READY,
+        bytes_done=total,
+        bytes_transferred=F("bytes_transferred") + report.bytes_transferred,
+        unverified=report.unverified,
+        eta_seconds=0,
+        finished_at=timezone.now(),
+        last_used_at=timezone.now(),
+    )
+    cache_evict(node=cached.node, cache=cache)
+    cached.refresh_from_db()
+    return cached
+
+
+def _throttled(read, max_bytes_per_second: int):
+    """Wraps a range reader so that all its streams together stay under the node's bandwidth cap."""
+    if not max_bytes_per_second:
+        return read
+    lock = threading.Lock()
+    started = time.monotonic()
+    moved = 0
+
+    def throttled_read(path: str, start: int, end: int):
+        nonlocal moved
+        for data in read(path, start, end):
+            with lock:
+                moved += len(data)
+                ahead = moved / max_bytes_per_second - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+            yield data
+
+    return throttled_read
+
+
+def _check_unchanged(artifact: Artifact, source, manifest) -> None:
+    """Refuses to mix in content that changed at the source since registration."""
+    if artifact.connection.kind != "s3":
+        return  # the hub is pinned to a commit; local files are verified by size and checksum when copied
+    for f in manifest:
+        now = source.current(f.path)
+        if (now.size, now.checksum) != (f.size, f.checksum):
+            raise DomainError(
+                f"{f.path} changed at the source since registration (ETag {f.checksum} → {now.checksum}). "
+                "Inspect the artifact again to register the new content."
+            )
+
+
+class _ProgressWriter:
+    """The fetch's progress callback: writes bytes, rate and time left at most
+    once a second, and stops the fetch when someone cancelled it."""
+
+    def __init__(self, cached_id: int, total: int) -> None:
+        self.cached_id = cached_id
+        self.total = total
+        self.last_write = 0.0
+        self.first: tuple[float, int] | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (now, done)
+        if now - self.last_write < PROGRESS_EVERY and done < total:
+            return
+        self.last_write = now
+        started, done_at_start = self.first
+        elapsed = now - started
+        rate = int((done - done_at_start) / elapsed) if elapsed > 0.5 else None
+        eta = int((total - done) / rate) if rate else None
+        updated = CachedArtifact.objects.filter(pk=self.cached_id, status=CachedArtifact.Status.FETCHING).update(
+            bytes_done=done, rate_bytes_per_second=rate, eta_seconds=eta
+        )
+        if not updated:
+            raise FetchCancelled()
+
+
+def _finish(cached_id: int, status: str, error: str, progress: _ProgressWriter) -> CachedArtifact:
+    CachedArtifact.objects.filter(pk=cached_id).exclude(status=CachedArtifact.Status.CANCELLED).update(
+        status=status, error=error, finished_at=timezone.now(), eta_seconds=None
+    )
+    return CachedArtifact.objects.get(pk=cached_id)
+
+
+def fetches_resume(*, node: Node) -> list[int]:
+    """Queues again the fetches a killed agent left behind on `node`; returns their ids."""
+    from cluster.tasks import fetch_artifact
+
+    ids = list(CachedArtifact.objects.filter(node=node, status__in=CachedArtifact.ACTIVE).values_list("pk", flat=True))
+    for pk in ids:
+        fetch_artifact.apply_async(args=[pk], queue=node.queue)
+    return ids
+
+
+def cache_lease(*, cached: CachedArtifact, holder: str) -> CacheLease:
+    lease, _ = CacheLease.objects.get_or_create(cached=cached, holder=holder)
+    CachedArtifact.objects.filter(pk=cached.pk).update(last_used_at=timezone.now())
+    return lease
+
+
+def cache_release(*, cached: CachedArtifact, holder: str) -> None:
+    CacheLease.objects.filter(cached=cached, holder=holder).delete()
+
+
+def cache_evict(*, node: Node, cache: ArtifactCache) -> list[str]:
+    """Evicts least-recently-used artifacts nobody leases until the cache is
+    under the node's quota; returns the evicted keys."""
+    entries = list(CachedArtifact.objects.filter(node=node).prefetch_related("leases"))
+    by_key = {c.key: c for c in entries}
+    in_use = {c.key for c in entries if c.leases.all() or c.is_active}
+    last_used = {c.key: c.last_used_at.timestamp() for c in entries if c.status == CachedArtifact.Status.READY}
+    removed = evict_lru(cache, quota=node.cache_quota_bytes, last_used=last_used, in_use=in_use)
+    if removed:
+        CachedArtifact.objects.filter(pk__in=[by_key[k].pk for k in removed]).delete()
+        Node.objects.filter(pk=node.pk).update(cache_used_bytes=cache.usage_bytes())
+    return removed
+
+
+def cache_remove(*, cached: CachedArtifact, cache: ArtifactCache) -> int:
+    """Removes an artifact from a node's cache (refused while leased); returns the bytes freed."""
+    if cached.leases.exists():
+        raise DomainError(f"{cached.artifact.name} is in use on {cached.node.name}; stop what uses it first.")
+    if cached.is_active:
+        raise DomainError("Cancel the fetch first.")
+    freed = cache.remove_artifact(cached.key)
+    cached.delete()
+    return freed
