@@ -32,7 +32,8 @@ def main() -> int:
     host = os.environ.get("PLUGBOARD_HOST", "127.0.0.1")
     port = os.environ.get("PLUGBOARD_PORT", "8000")
     Path(settings.VAR_DIR).mkdir(parents=True, exist_ok=True)
-    if embedded_redis.ensure_running(settings.REDIS_URL):
+    started_redis = embedded_redis.ensure_running(settings.REDIS_URL)
+    if started_redis:
         print(f"Started the embedded Redis at {settings.REDIS_URL}")
     manage("migrate", "--no-input", "-v", "0")
     manage("collectstatic", "--no-input", "-v", "0")
@@ -87,6 +88,8 @@ def main() -> int:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+        if started_redis:
+            embedded_redis.stop(settings.REDIS_URL)
     return 0 if stopping else 1
 
 

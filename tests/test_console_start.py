@@ -1,0 +1,108 @@
+"""The console as `make run` starts it (scripts/run_console.py: migrations,
+the administrator, the demo content, web, worker, beat and the local node
+agent), used in Chromium the way a new user would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import DEMO_STORE
+from tests.support.agents import wait_for
+from tests.support.browser import CHROMIUM_FLAGS, chromium_path
+from tests.support.s3_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "a-new-users-password"
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory):
+    if not (DEMO_STORE / "smollm2-135m-instruct" / ".complete").exists():
+        pytest.fail("The demo content is missing: `make test` builds it (make demo).")
+    var = tmp_path_factory.mktemp("var")
+    (var / "demo-store").symlink_to(DEMO_STORE.resolve())
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+    env.update(
+        PLUGBOARD_VAR_DIR=str(var),
+        PLUGBOARD_PORT=str(port),
+        PLUGBOARD_ADMIN_PASSWORD=PASSWORD,
+        PLUGBOARD_NODE_NAME="laptop",
+    )
+    log = open(var / "run.log", "wb")  # noqa: SIM115 (the console writes to it for its whole life)
+    process = subprocess.Popen(
+        [sys.executable, "scripts/run_console.py"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert process.poll() is None, (var / "run.log").read_text()
+        try:
+            return requests.get(url + "/login/", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_for(up, timeout=120, every=0.5, what="the console to answer")
+    yield url, var
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def page(console):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = console
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(url + "/")
+        page.fill("#id_username", "admin")
+        page.fill("#id_password", PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url("**/models/")
+        yield page
+        browser.close()
+
+
+def test_the_demo_model_and_adapters_are_registered_ready_and_fit(console, page):
+    url, _ = console
+    page.goto(url + "/models/")
+    for name in ("smollm2-135m-instruct", "pirate", "json-answer", "robot"):
+        assert page.locator("tr", has_text=name).locator("[data-status]").inner_text() == "Ready", name
+    page.get_by_role("link", name="smollm2-135m-instruct").click()
+    page.get_by_text("These adapters fit this model").wait_for()
+    assert page.locator('[data-verdict="fits"]').count() == 3
+
+
+def test_the_cluster_page_shows_the_local_node_its_cpu_runtime_and_cache(console, page):
+    url, var = console
+    page.goto(url + "/cluster/")
+    node = page.locator('[data-node="laptop"]')
+    node.wait_for(timeout=60_000)
+    page.locator('[data-node="laptop"][data-status="online"]').wait_for(timeout=30_000)
+    assert "CPU 0" in node.locator('[data-accelerator="cpu0"]').inner_text()
+    assert "vllm-cpu" in node.locator('[data-runtime="vllm-cpu"]').inner_text()
+    assert str(var / "cache") in node.inner_text()
+
+
+def test_a_model_fetched_to_the_local_node_shows_as_cached(console, page):
+    url, _ = console
+    page.goto(url + "/models/")
+    page.get_by_role("link", name="pirate").click()
+    page.get_by_role("button", name="Fetch to node").click()
+    page.locator('#artifact-nodes [data-cache-status="ready"]').wait_for(timeout=60_000)
+    page.goto(url + "/cluster/")
+    assert "pirate" in page.locator('[data-node="laptop"]').inner_text()
