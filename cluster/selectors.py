@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.db.models import Prefetch, QuerySet
 
-from cluster.models import CachedArtifact, Node
+from cluster.models import CachedArtifact, CacheLease, Node
 
 
 def cached_visible_to(user) -> QuerySet[CachedArtifact]:
@@ -16,3 +16,9 @@ def nodes_with_details(user) -> QuerySet[Node]:
         "accelerators",
         Prefetch("cached", queryset=cached_visible_to(user).order_by("artifact__name"), to_attr="visible_cached"),
     )
+
+
+def leases_of(artifact) -> list[str]:
+    """Who uses `artifact` on which node, as "deployment:12 on gpu-1"."""
+    leases = CacheLease.objects.filter(cached__artifact=artifact).select_related("cached__node").order_by("holder")
+    return [f"{lease.holder} on {lease.cached.node.name}" for lease in leases]

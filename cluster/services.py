@@ -178,6 +178,10 @@ def artifact_fetch_run(*, cached_id: int, cache: ArtifactCache) -> CachedArtifac
         _check_unchanged(artifact, source, manifest)
         local_file = getattr(source, "local_path", None)
         read = _throttled(source.stream_range, settings.PLUGBOARD_FETCH_MAX_BYTES_PER_SECOND)
+        largest = max(wanted, key=lambda w: w.size, default=None)
+        if largest is not None and not source.supports_ranges(largest.path):
+            # Each chunk would stream the file from its start: read every file once, front to back.
+            cache = ArtifactCache(cache.root, chunk_size=max(w.size for w in wanted) or 1, parallel=1)
         report = cache.fetch(cached.key, wanted, read, progress=progress, local_file=local_file)
     except FetchCancelled:
         return _finish(cached_id, CachedArtifact.Status.CANCELLED, "Cancelled.", progress)
@@ -191,6 +195,8 @@ def artifact_fetch_run(*, cached_id: int, cache: ArtifactCache) -> CachedArtifac
             "The fetch failed unexpectedly; see the node agent's log.",
             progress,
         )
+    # Make room before saying ready, so whoever waits for "ready" sees the cache within its quota.
+    cache_evict(node=cached.node, cache=cache)
     CachedArtifact.objects.filter(pk=cached_id, status=CachedArtifact.Status.FETCHING).update(
         status=CachedArtifact.Status.READY,
         bytes_done=total,
@@ -200,7 +206,6 @@ def artifact_fetch_run(*, cached_id: int, cache: ArtifactCache) -> CachedArtifac
         finished_at=timezone.now(),
         last_used_at=timezone.now(),
     )
-    cache_evict(node=cached.node, cache=cache)
     cached.refresh_from_db()
     return cached
 

@@ -204,7 +204,15 @@ def artifact_reinspect(*, artifact: Artifact) -> Artifact:
 
 
 def artifact_delete(*, artifact: Artifact) -> None:
-    """Deletes an artifact and its verdicts. (Deployments, once they exist, will refuse this while they use it.)"""
+    """Deletes an artifact, its verdicts and its cache entries; refused while
+    something (a deployment) holds a lease on it on any node."""
+    from cluster.selectors import leases_of
+
+    holders = leases_of(artifact)
+    if holders:
+        raise DomainError(
+            f"{artifact.name} is in use ({', '.join(holders)}); stop what uses it before deleting it.", status=409
+        )
     artifact.delete()
 
 

@@ -63,8 +63,11 @@ def artifact_detail(request, pk):
             # The rest of the page (files, verdicts) changed too: reload it once.
             response["HX-Refresh"] = "true"
         return response
+    from cluster.selectors import leases_of
+
     context = {
         "artifact": artifact,
+        "used_by": leases_of(artifact),
         "verdicts": selectors.compatibility_for(artifact),
         "files": artifact.files.all(),
         "can_write": can_write(request.user, artifact.workspace),

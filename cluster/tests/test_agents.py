@@ -270,3 +270,23 @@ def test_a_running_fetch_can_be_cancelled_and_keeps_what_it_downloaded(cast, s3_
     assert cached.status == "cancelled"
     assert not (tmp_path / "cache-alpha" / "artifacts" / cached.key).exists()
     assert list((tmp_path / "cache-alpha").glob("partial/*.part")), "a later fetch resumes from what was downloaded"
+
+
+def test_a_mirror_that_ignores_range_is_read_once_front_to_back(cast, hub_server, agents):
+    """olah answers a ranged GET with the whole file; parallel chunks would each stream it from the start."""
+    agents("alpha")
+    weights = build.random_safetensors(48 * 1024 * 1024)
+    hub_server.make_repo(
+        "acme/no-ranges", {**build.base_model_files(), "extra.safetensors": weights}, lfs={"extra.safetensors"}
+    )
+    proxy = CountingProxy("127.0.0.1", hub_server.port)
+    hub = registry_services.connection_create(workspace=cast.team, name="hub", kind="hf", endpoint_url=proxy.url)
+    artifact = register_and_inspect(cast.team, hub, name="no-ranges", kind="base", location="acme/no-ranges")
+    proxy.reset()
+
+    cached = wait_settled(services.artifact_fetch_request(artifact=artifact, node=node("alpha")))
+    moved = proxy.bytes_down
+    proxy.close()
+
+    assert cached.status == "ready", cached.error
+    assert moved < 1.2 * artifact.total_bytes, f"{moved:,} bytes moved for {artifact.total_bytes:,}"

@@ -50,6 +50,10 @@ class Source:
         """Yields the bytes [start, end) of `path` as they arrive, counting them in `bytes_read`."""
         raise NotImplementedError
 
+    def supports_ranges(self, path: str) -> bool:
+        """Whether the store answers ranged reads of `path` (parallel, resumable downloads need them)."""
+        return True
+
     def current(self, path: str) -> RemoteFile:
         """Returns the file as the source has it now (size and checksum), to tell whether it changed."""
         raise NotImplementedError

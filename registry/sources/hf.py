@@ -158,6 +158,20 @@ class HubSource(Source):
         except Exception as exc:
             raise describe_error(exc, self.connection, repo_id=self.repo_id) from None
 
+    def supports_ranges(self, path: str) -> bool:
+        # Some mirrors ignore Range and send the whole file; asking for one byte tells.
+        url = hf_hub_url(
+            self.repo_id, path, revision=self.commit or self.revision, endpoint=endpoint_of(self.connection)
+        )
+        headers = build_hf_headers(token=self.token or False) | {"Range": "bytes=0-0"}
+        try:
+            with get_session().stream(
+                "GET", url, headers=headers, follow_redirects=True, timeout=settings.PLUGBOARD_SOURCE_TIMEOUT
+            ) as response:
+                return response.status_code == 206
+        except Exception as exc:
+            raise describe_error(exc, self.connection, repo_id=self.repo_id) from None
+
     def current(self, path: str) -> RemoteFile:
         for f in self.resolve()[1]:
             if f.path == path:

@@ -152,3 +152,24 @@ def test_the_connection_test_button_answers_in_place(cast, client, catalogue):
 
     assert b'id="check"' in response.content and b'data-ok="true"' in response.content
     assert b"<nav" not in response.content
+
+
+def test_editing_the_location_inspects_again(cast, client, catalogue, s3_server):
+    _, base, *_ = catalogue
+    s3_server.put_files("models", "tiny-v2", build.base_model_files(hidden=128))
+    client.force_login(cast.member)
+    url = reverse("registry:artifact_edit", args=[base.pk])
+
+    form = client.get(url)
+    assert form.status_code == 200 and 'value="tiny"' in form.content.decode()
+    client.post(
+        url, {"name": "tiny", "location": "tiny-v2", "revision": "", "description": "v2", "tags": "chat", "license": ""}
+    )
+
+    base.refresh_from_db()
+    assert (base.status, base.location, base.description) == ("pending", "tiny-v2", "v2")
+    from registry import services
+
+    services.artifact_inspect(artifact_id=base.pk)
+    base.refresh_from_db()
+    assert base.status == "ready" and base.hidden_size == 128
