@@ -26,9 +26,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-import boto3
-from botocore.config import Config
-
 from cluster.cache import ArtifactCache, FetchReport, Wanted
 from tests.support.s3_server import S3Server
 
@@ -51,18 +48,6 @@ def make_files(folder: Path, count: int, size: int) -> dict[str, Path]:
             f.truncate(size)
         files[path.name] = path
     return files
-
-
-def pooled_client(server: S3Server, connections: int):
-    """Returns a boto3 S3 client for `server` keeping up to `connections` HTTP connections open."""
-    return boto3.client(
-        "s3",
-        endpoint_url=server.url,
-        region_name="us-east-1",
-        aws_access_key_id=server.reader[0],
-        aws_secret_access_key=server.reader[1],
-        config=Config(max_pool_connections=connections),
-    )
 
 
 def s3_reader(client, bucket: str, prefix: str):
@@ -94,7 +79,7 @@ def run_cache(
 ) -> tuple[float, FetchReport]:
     """Fetches the artifact into a fresh cache at `into`; returns the seconds it took and the report."""
     # One pooled connection per fetching thread, or threads queue for connections.
-    client = pooled_client(server, max(parallel, 10))
+    client = server.client(max_pool_connections=max(parallel, 10))
     cache = ArtifactCache(into, chunk_size=chunk, parallel=parallel)
     started = time.perf_counter()
     report = cache.fetch("bench", wanted, s3_reader(client, BUCKET, PREFIX))

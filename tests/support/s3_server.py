@@ -90,13 +90,17 @@ class S3Server:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(10)
 
-    def client(self):
+    def client(self, *, max_pool_connections: int = 10):
+        """A boto3 client with the reader's keys, keeping up to `max_pool_connections` connections open."""
+        from botocore.config import Config
+
         return boto3.client(
             "s3",
             endpoint_url=self.url,
             region_name="us-east-1",
             aws_access_key_id=self.reader[0],
             aws_secret_access_key=self.reader[1],
+            config=Config(max_pool_connections=max_pool_connections),
         )
 
     def put_files(self, bucket: str, prefix: str, files: dict[str, bytes]) -> None:
