@@ -86,3 +86,29 @@ def cast(db):
     c = Cast()
     c.admin, c.member, c.viewer, c.outsider, c.team, c.other = admin, member, viewer, outsider, team, other
     return c
+
+
+@pytest.fixture
+def agents(tmp_path, settings):
+    """Starts real node agents (each its own process, as on separate hosts) and waits until they report."""
+    from cluster.models import Node
+    from tests.support.agents import NodeAgent, wait_for
+
+    settings.PLUGBOARD_NODE_HEARTBEAT_SECONDS = 1  # as the agents are told
+    started = []
+
+    def start(name: str, **kwargs) -> NodeAgent:
+        agent = NodeAgent(
+            name, cache_dir=tmp_path / f"cache-{name}", address=kwargs.pop("address", "127.0.0.1"), **kwargs
+        )
+        started.append(agent.start())
+        wait_for(
+            lambda: Node.objects.filter(name=name, last_seen_at__isnull=False).exists(),
+            timeout=60,
+            what=f"{name} to report",
+        )
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill()

@@ -176,6 +176,8 @@ PLUGBOARD_SECRETS_KEY = env.str("PLUGBOARD_SECRETS_KEY", default="")
 PLUGBOARD_LOCAL_ROOTS = [Path(p) for p in env.list("PLUGBOARD_LOCAL_ROOTS", default=[str(VAR_DIR / "demo-store")])]
 # Pickle-based weights (.bin, .pt) can run code when loaded: refused unless an administrator allows them.
 PLUGBOARD_ALLOW_PICKLE_WEIGHTS = env.bool("PLUGBOARD_ALLOW_PICKLE_WEIGHTS", default=False)
+# --trust-remote-code runs code from a model's repository inside the model server: refused unless allowed.
+PLUGBOARD_ALLOW_TRUST_REMOTE_CODE = env.bool("PLUGBOARD_ALLOW_TRUST_REMOTE_CODE", default=False)
 # A safetensors header larger than this is refused as malformed (real ones are kilobytes to a few MB).
 PLUGBOARD_MAX_SAFETENSORS_HEADER = env.int("PLUGBOARD_MAX_SAFETENSORS_HEADER", default=100 * 1024 * 1024)
 # Seconds an outside call (S3, the hub) may take before inspection gives up with a message.

@@ -6,13 +6,13 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from deployments.views import deployment_list
 from inference.views import playground
 
 api_v1 = [
     path("", include("accounts.api.urls")),
     path("", include("registry.api.urls")),
     path("", include("cluster.api.urls")),
+    path("", include("deployments.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
@@ -24,7 +24,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("registry.urls")),
     path("", include("accounts.urls")),
-    path("deployments/", deployment_list, name="deployment_list"),
+    path("", include("deployments.urls")),
     path("inference/", playground, name="playground"),
     path("", include("cluster.urls")),
     path("api/v1/", include(api_v1)),

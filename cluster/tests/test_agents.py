@@ -14,7 +14,7 @@ from cluster.models import CachedArtifact, Node
 from registry import services as registry_services
 from registry.tests.helpers import register_and_inspect, s3_connection
 from tests.support import artifacts as build
-from tests.support.agents import NodeAgent, wait_for
+from tests.support.agents import wait_for
 from tests.support.counting_proxy import CountingProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,28 +22,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def _heartbeat(settings):
-    settings.PLUGBOARD_NODE_HEARTBEAT_SECONDS = 1  # as the agents below are told
-
-
-@pytest.fixture
-def agents(tmp_path):
-    started = []
-
-    def start(name: str, **kwargs) -> NodeAgent:
-        agent = NodeAgent(
-            name, cache_dir=tmp_path / f"cache-{name}", address=kwargs.pop("address", "127.0.0.1"), **kwargs
-        )
-        started.append(agent.start())
-        wait_for(
-            lambda: Node.objects.filter(name=name, last_seen_at__isnull=False).exists(),
-            timeout=60,
-            what=f"{name} to report",
-        )
-        return agent
-
-    yield start
-    for agent in started:
-        agent.kill()
+    settings.PLUGBOARD_NODE_HEARTBEAT_SECONDS = 1  # as the agents are told
 
 
 def node(name: str) -> Node:

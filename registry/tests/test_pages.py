@@ -26,7 +26,7 @@ def test_every_page_requires_signing_in(client, db):
         "registry:artifact_list",
         "registry:connection_list",
         "accounts:settings",
-        "deployment_list",
+        "deployments:list",
         "cluster:cluster",
         "playground",
     ):

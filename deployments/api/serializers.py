@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from accounts.models import Workspace
+from cluster.models import Node
+from deployments.models import Deployment, DeploymentAdapter, DeploymentEvent
+
+
+class DeploymentAdapterSerializer(serializers.ModelSerializer):
+    adapter_name = serializers.CharField(source="adapter.name", read_only=True)
+    model_id = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = DeploymentAdapter
+        fields = ["id", "adapter", "adapter_name", "served_name", "model_id", "state", "error", "created_at"]
+        read_only_fields = fields
+
+
+class DeploymentEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeploymentEvent
+        fields = ["status", "message", "created_at"]
+
+
+class DeploymentSerializer(serializers.ModelSerializer):
+    workspace = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    node = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    base_name = serializers.CharField(source="base.name", read_only=True)
+    adapters = DeploymentAdapterSerializer(many=True, read_only=True)
+    base_url = serializers.CharField(read_only=True)
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "id", "workspace", "name", "base", "base_name", "node", "device", "accelerator_indices", "runtime",
+            "settings", "extra_args", "extra_env", "revision", "desired", "status", "status_reason", "port",
+            "base_url", "pid", "command", "failures", "started_at", "ready_at", "created_at", "adapters",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class DeploymentDetailSerializer(DeploymentSerializer):
+    events = DeploymentEventSerializer(many=True, read_only=True)
+    log_tail = serializers.CharField(read_only=True)
+
+    class Meta(DeploymentSerializer.Meta):
+        fields = [*DeploymentSerializer.Meta.fields, "log_tail", "events"]
+        read_only_fields = fields
+
+
+class AdapterChoiceSerializer(serializers.Serializer):
+    adapter = serializers.IntegerField()
+    served_name = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class DeploymentCreateSerializer(serializers.Serializer):
+    workspace = serializers.SlugRelatedField(slug_field="slug", queryset=Workspace.objects.all(), required=False)
+    name = serializers.CharField(max_length=63)
+    base = serializers.IntegerField()
+    node = serializers.SlugRelatedField(slug_field="name", queryset=Node.objects.all())
+    accelerator_indices = serializers.ListField(
+        child=serializers.IntegerField(min_value=0), required=False, default=list
+    )
+    adapters = AdapterChoiceSerializer(many=True, required=False, default=list)
+    settings = serializers.DictField(required=False, default=dict)
+    extra_args = serializers.CharField(required=False, allow_blank=True, default="")
+    extra_env = serializers.CharField(required=False, allow_blank=True, default="")

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from django.conf import settings as django_settings
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from accounts.access import get_for, workspace_for_write
+from deployments import services
+from deployments.api.serializers import (
+    AdapterChoiceSerializer,
+    DeploymentCreateSerializer,
+    DeploymentDetailSerializer,
+    DeploymentSerializer,
+)
+from deployments.models import Deployment
+from registry.models import Artifact
+
+
+class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Deployments. Creating, starting, stopping and attaching answer 202:
+    poll the deployment until `status` says what came of it."""
+
+    serializer_class = DeploymentSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no user
+            return Deployment.objects.none()
+        return (
+            Deployment.objects.filter(workspace__memberships__user=self.request.user)
+            .select_related("workspace", "node", "base")
+            .prefetch_related("adapters__adapter", "adapters__deployment")
+        )
+
+    def _writable(self) -> Deployment:
+        return get_for(
+            self.request.user,
+            Deployment.objects.select_related("node", "base", "workspace"),
+            self.kwargs["pk"],
+            write=True,
+        )
+
+    def retrieve(self, request, pk=None):
+        deployment = get_for(request.user, Deployment.objects.all(), pk)
+        return Response(DeploymentDetailSerializer(deployment).data)
+
+    @extend_schema(request=DeploymentCreateSerializer, responses={202: DeploymentSerializer})
+    def create(self, request):
+        serializer = DeploymentCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        workspace = workspace_for_write(request.user, data.get("workspace"))
+        base = get_for(request.user, Artifact.objects.all(), data["base"])
+        adapters = [
+            (get_for(request.user, Artifact.objects.all(), a["adapter"]), a["served_name"]) for a in data["adapters"]
+        ]
+        deployment = services.deployment_create(
+            workspace=workspace, name=data["name"], base=base, node=data["node"], adapters=adapters,
+            accelerator_indices=data["accelerator_indices"], settings=data["settings"], extra_args=data["extra_args"],
+            extra_env=data["extra_env"], allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
+            user=request.user,
+        )  # fmt: skip
+        return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+
+    def destroy(self, request, pk=None):
+        services.deployment_delete(deployment=self._writable())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=None, responses={202: DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def stop(self, request, pk=None):
+        return Response(DeploymentSerializer(services.deployment_stop(deployment=self._writable())).data, status=202)
+
+    @extend_schema(request=None, responses={202: DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def start(self, request, pk=None):
+        return Response(DeploymentSerializer(services.deployment_start(deployment=self._writable())).data, status=202)
+
+    @extend_schema(request=AdapterChoiceSerializer, responses={202: DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def attach(self, request, pk=None):
+        """Loads another compatible adapter into the live server, without restarting it."""
+        deployment = self._writable()
+        serializer = AdapterChoiceSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        adapter = get_for(request.user, Artifact.objects.all(), serializer.validated_data["adapter"])
+        services.adapter_attach(
+            deployment=deployment, adapter=adapter, served_name=serializer.validated_data["served_name"]
+        )
+        deployment.refresh_from_db()
+        return Response(DeploymentSerializer(deployment).data, status=202)
+
+    @extend_schema(request=None, responses={202: DeploymentSerializer})
+    @action(detail=True, methods=["post"], url_path=r"adapters/(?P<served_name>[^/]+)/detach")
+    def detach(self, request, pk=None, served_name=None):
+        """Unloads an adapter from the live server."""
+        deployment = self._writable()
+        attached = deployment.adapters.filter(served_name=served_name).first()
+        if attached is None:
+            return Response({"detail": f"No adapter is served as “{served_name}” here."}, status=404)
+        services.adapter_detach(attached=attached)
+        deployment.refresh_from_db()
+        return Response(DeploymentSerializer(deployment).data, status=202)

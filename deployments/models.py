@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+from django.db import models
+from django.urls import reverse
+
+from accounts.models import Workspace
+from cluster.models import Node
+from registry.models import Artifact
+
+
+class Deployment(models.Model):
+    """What should run: a base model with adapters on a node's accelerators,
+    through a model server with these arguments. The node agent reconciles
+    what runs with it."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        FETCHING = "fetching", "Fetching"
+        STARTING = "starting", "Starting"
+        READY = "ready", "Ready"
+        DEGRADED = "degraded", "Degraded"
+        RESTARTING = "restarting", "Restarting"
+        STOPPING = "stopping", "Stopping"
+        STOPPED = "stopped", "Stopped"
+        FAILED = "failed", "Failed"
+
+    class Desired(models.TextChoices):
+        RUNNING = "running", "Running"
+        STOPPED = "stopped", "Stopped"
+
+    TERMINAL = (Status.STOPPED, Status.FAILED)
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="deployments")
+    # Also the base model's id on the gateway; adapters are "<name>:<served name>".
+    name = models.SlugField(max_length=63, unique=True)
+    base = models.ForeignKey(Artifact, on_delete=models.PROTECT, related_name="deployments")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="deployments")
+    device = models.CharField(max_length=4, choices=[("cpu", "CPU"), ("cuda", "GPU")])
+    accelerator_indices = models.JSONField(default=list, blank=True)
+    runtime = models.CharField(max_length=20, default="vllm")
+    # dtype, max_model_len, gpu_memory_utilization, tensor_parallel_size, max_loras, max_lora_rank,
+    # max_cpu_loras, enable_prefix_caching, enforce_eager, kv_cache_bytes, cpu_threads
+    settings = models.JSONField(default=dict, blank=True)
+    extra_args = models.TextField(blank=True)
+    extra_env = models.TextField(blank=True)
+    revision = models.PositiveIntegerField(default=1)
+
+    desired = models.CharField(max_length=8, choices=Desired.choices, default=Desired.RUNNING)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    status_reason = models.TextField(blank=True)
+
+    encrypted_api_key = models.BinaryField(default=b"", editable=False)
+    port = models.IntegerField(null=True, blank=True)
+    pid = models.IntegerField(null=True, blank=True)
+    command = models.TextField(blank=True, help_text="The command line, secrets masked.")
+    log_path = models.CharField(max_length=500, blank=True)
+    log_tail = models.TextField(blank=True)
+    failures = models.PositiveIntegerField(default=0, help_text="Crashes in a row; reset once ready.")
+    next_start_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+
+    created_by = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("deployments:detail", args=[self.pk])
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+    @property
+    def base_url(self) -> str | None:
+        """Where its server answers (node address and port), while it has one."""
+        return f"http://{self.node.address}:{self.port}" if self.port else None
+
+    @property
+    def lease_holder(self) -> str:
+        return f"deployment:{self.pk}"
+
+
+class DeploymentAdapter(models.Model):
+    """An adapter that should be loaded in a deployment, and what became of it."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        FETCHING = "fetching", "Fetching"
+        LOADED = "loaded", "Loaded"
+        FAILED = "failed", "Failed"
+        DETACHING = "detaching", "Detaching"
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="adapters")
+    adapter = models.ForeignKey(Artifact, on_delete=models.PROTECT, related_name="deployed_as")
+    served_name = models.CharField(max_length=63)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["served_name"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "served_name"], name="served_name_unique_in_deployment"),
+            models.UniqueConstraint(fields=["deployment", "adapter"], name="adapter_once_per_deployment"),
+        ]
+
+    def __str__(self) -> str:
+        return self.model_id
+
+    @property
+    def model_id(self) -> str:
+        """The adapter's id on the model server and the gateway."""
+        return f"{self.deployment.name}:{self.served_name}"
+
+
+class DeploymentEvent(models.Model):
+    """A change of a deployment's state, with when and why: the status timeline."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    status = models.CharField(max_length=10, blank=True)
+    message = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment}: {self.message}"

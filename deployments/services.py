@@ -1,0 +1,289 @@
+"""All writes and state transitions of deployments: creating one, attaching
+and detaching adapters, stop/start/restart/delete, and the status changes the
+node agent's supervisor records."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.db import IntegrityError, transaction
+from django.utils.text import slugify
+
+from cluster.models import Node
+from config.errors import DomainError
+from deployments import memory, placement, vllm_args
+from deployments.models import Deployment, DeploymentAdapter, DeploymentEvent
+from registry.models import Artifact, ArtifactKind, Compatibility
+from registry.vault import seal
+
+SETTING_KEYS = {
+    "dtype", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "max_loras", "max_lora_rank",
+    "max_cpu_loras", "enable_prefix_caching", "enforce_eager", "kv_cache_bytes", "cpu_threads", "device",
+}  # fmt: skip
+
+
+def event_record(*, deployment: Deployment, message: str, status: str = "") -> DeploymentEvent:
+    return DeploymentEvent.objects.create(deployment=deployment, status=status, message=message)
+
+
+def deployment_transition(*, deployment: Deployment, status: str, reason: str, **fields) -> Deployment:
+    """Moves a deployment to `status` (recording an event when it changes) and saves `fields` with it."""
+    changed = deployment.status != status
+    Deployment.objects.filter(pk=deployment.pk).update(status=status, status_reason=reason, **fields)
+    if changed:
+        event_record(deployment=deployment, status=status, message=reason)
+    deployment.refresh_from_db()
+    return deployment
+
+
+def _check_adapter(*, base: Artifact, adapter: Artifact, workspace) -> None:
+    if adapter.workspace_id != workspace.pk:
+        raise DomainError("That adapter belongs to another workspace.")
+    if adapter.kind != ArtifactKind.ADAPTER or not adapter.is_ready:
+        raise DomainError(f"{adapter.name} is not a ready LoRA adapter.")
+    verdict = Compatibility.objects.filter(adapter=adapter, base=base).first()
+    if verdict is None or not verdict.compatible:
+        reasons = "; ".join(verdict.reasons) if verdict else "no verdict was computed"
+        raise DomainError(f"{adapter.name} does not fit {base.name}: {reasons}")
+
+
+def _served_name(name: str) -> str:
+    served = slugify(name)
+    if not served:
+        raise DomainError(f"“{name}” cannot be a served name: use letters, digits and dashes.")
+    return served
+
+
+def deployment_create(
+    *,
+    workspace,
+    name: str,
+    base: Artifact,
+    node: Node | None = None,
+    adapters: list[tuple[Artifact, str]] = (),
+    accelerator_indices: list[int] | None = None,
+    settings: dict | None = None,
+    extra_args: str = "",
+    extra_env: str = "",
+    allow_trust_remote_code: bool = False,
+    user=None,
+) -> Deployment:
+    """Creates a deployment that should run on `node` (or wherever it fits,
+    when None); the node's agent fetches what it needs and starts the server.
+    Refuses anything that could not run, with the reason, and then changes
+    nothing."""
+    name = slugify(name)
+    if not name:
+        raise DomainError("Give the deployment a name: letters, digits and dashes.")
+    if base.workspace_id != workspace.pk:
+        raise DomainError("That base model belongs to another workspace.")
+    if base.kind != ArtifactKind.BASE or not base.is_ready:
+        raise DomainError(f"{base.name} is not a ready base model.")
+    served = []
+    for adapter, served_name in adapters:
+        _check_adapter(base=base, adapter=adapter, workspace=workspace)
+        served.append((adapter, _served_name(served_name or adapter.name)))
+    names = [s for _, s in served]
+    if len(set(names)) != len(names):
+        raise DomainError("Two adapters have the same served name; give each its own.")
+    if name in names:
+        raise DomainError(f"An adapter's served name cannot be the deployment's own name “{name}”.")
+
+    options = {k: v for k, v in (settings or {}).items() if k in SETTING_KEYS and v not in (None, "")}
+    ranks = [a.rank or 1 for a, _ in served]
+    states = accelerator_states()
+    device = options.pop("device", None) or _device_for(node, states)
+    if device == "cuda":
+        options.setdefault("tensor_parallel_size", max(1, len(accelerator_indices or ())) if node else 1)
+    try:
+        options.setdefault("max_lora_rank", vllm_args.default_max_lora_rank(ranks))
+        options.setdefault("max_loras", vllm_args.default_max_loras(len(served), device=device))
+        args = vllm_args.parse_extra_args(extra_args, allow_trust_remote_code=allow_trust_remote_code)
+        env = vllm_args.parse_env(extra_env, allow_trust_remote_code=allow_trust_remote_code)
+    except vllm_args.ArgumentError as exc:
+        raise DomainError(str(exc)) from None
+    need = memory_estimate(base=base, device=device, options=options)
+    try:
+        if node is None:
+            placed = placement.place(
+                states, device=device, count=options.get("tensor_parallel_size", 1), need_bytes=need.needed,
+                gpu_memory_utilization=options.get("gpu_memory_utilization"),
+            )  # fmt: skip
+            node = Node.objects.get(name=placed.node)
+            accelerator_indices = list(placed.indices) if device == "cuda" else []
+        else:
+            if not node.is_online:
+                raise DomainError(f"The node {node.name} is offline: its agent has not reported for a while.")
+            placement.check_manual(
+                states, node=node.name, indices=list(accelerator_indices or ()), device=device, need_bytes=need.needed,
+                gpu_memory_utilization=options.get("gpu_memory_utilization"),
+            )  # fmt: skip
+    except placement.PlacementError as exc:
+        raise DomainError(str(exc)) from None
+    try:
+        spec = server_spec(
+            name=name, device=device, indices=tuple(accelerator_indices or ()), options=options,
+            model_path="/model", adapters=[(s, "/adapter", a.rank or 1) for a, s in served],
+            host="127.0.0.1", port=8000, api_key="check", extra_args=args, extra_env=env,
+        )  # fmt: skip
+        vllm_args.validate(spec)
+    except vllm_args.ArgumentError as exc:
+        raise DomainError(str(exc)) from None
+
+    try:
+        with transaction.atomic():
+            deployment = Deployment.objects.create(
+                workspace=workspace,
+                name=name,
+                base=base,
+                node=node,
+                device=device,
+                accelerator_indices=list(accelerator_indices or []),
+                settings=options,
+                extra_args=extra_args,
+                extra_env=extra_env,
+                encrypted_api_key=seal({"api_key": "pbk_" + secrets.token_urlsafe(24)}),
+                created_by=user,
+            )
+            for adapter, served_name in served:
+                DeploymentAdapter.objects.create(deployment=deployment, adapter=adapter, served_name=served_name)
+            event_record(
+                deployment=deployment, status=Deployment.Status.PENDING, message=f"Deployed {base.name} on {node.name}."
+            )
+    except IntegrityError:
+        raise DomainError(f"A deployment named “{name}” already exists; model ids must be unique.") from None
+    return deployment
+
+
+def accelerator_states() -> list[placement.AcceleratorState]:
+    """Every accelerator as placement sees it: a GPU is busy while a deployment that should run holds it."""
+    from cluster.models import Accelerator
+
+    held: set[tuple[int, int]] = set()
+    for node_id, indices in Deployment.objects.filter(desired=Deployment.Desired.RUNNING, device="cuda").values_list(
+        "node_id", "accelerator_indices"
+    ):
+        held.update((node_id, i) for i in indices)
+    return [
+        placement.AcceleratorState(
+            node=a.node.name,
+            node_online=a.node.is_online,
+            kind=a.kind,
+            index=a.index,
+            memory_total=a.memory_total_bytes,
+            memory_free=a.memory_free_bytes,
+            busy=a.kind == "gpu" and (a.node_id, a.index) in held,
+        )
+        for a in Accelerator.objects.select_related("node")
+    ]
+
+
+def _device_for(node: Node | None, states: list[placement.AcceleratorState]) -> str:
+    """GPUs where the node (or, for automatic placement, any online node) has them, else the CPU."""
+    gpus = [s for s in states if s.kind == "gpu" and (s.node == node.name if node else s.node_online)]
+    return "cuda" if gpus else "cpu"
+
+
+def memory_estimate(*, base: Artifact, device: str, options: dict) -> memory.Estimate:
+    """The preflight estimate of what the server needs per accelerator."""
+    shape = memory.ModelShape.from_config(
+        base.config, parameter_count=base.parameter_count or 0, weight_bytes=base.weight_bytes or 0,
+        dtype=base.dtype, tensors=base.tensors,
+    )  # fmt: skip
+    return memory.estimate(
+        shape, device=device, max_model_len=options.get("max_model_len"),
+        gpu_memory_utilization=options.get("gpu_memory_utilization"),
+        tensor_parallel_size=options.get("tensor_parallel_size", 1), max_loras=options["max_loras"],
+        max_lora_rank=options["max_lora_rank"], max_cpu_loras=options.get("max_cpu_loras"),
+        kv_cache_bytes=options.get("kv_cache_bytes"), dtype=options.get("dtype", "auto"),
+    )  # fmt: skip
+
+
+def server_spec(*, name, device, indices, options, model_path, adapters, host, port, api_key, extra_args, extra_env):
+    """The ServerSpec for a deployment's settings (shared by creation's checks and the supervisor's launch)."""
+    return vllm_args.ServerSpec(
+        model_path=model_path,
+        served_name=name,
+        host=host,
+        port=port,
+        api_key=api_key,
+        adapters=tuple(vllm_args.AdapterSpec(served_name=f"{name}:{s}", path=p, rank=r or 1) for s, p, r in adapters),
+        device=device,
+        gpu_indices=tuple(indices) if device == "cuda" else (),
+        dtype=options.get("dtype", "auto"),
+        max_model_len=options.get("max_model_len"),
+        gpu_memory_utilization=options.get("gpu_memory_utilization"),
+        tensor_parallel_size=options.get("tensor_parallel_size", max(1, len(indices)) if device == "cuda" else 1),
+        max_loras=options["max_loras"],
+        max_lora_rank=options["max_lora_rank"],
+        max_cpu_loras=options.get("max_cpu_loras"),
+        enable_prefix_caching=options.get("enable_prefix_caching"),
+        enforce_eager=options.get("enforce_eager", False),
+        kv_cache_bytes=options.get("kv_cache_bytes"),
+        cpu_threads=options.get("cpu_threads"),
+        extra_args=tuple(extra_args),
+        extra_env=dict(extra_env),
+    )
+
+
+def adapter_attach(*, deployment: Deployment, adapter: Artifact, served_name: str = "") -> DeploymentAdapter:
+    """Adds an adapter to a running deployment's desired set; the supervisor
+    fetches it and loads it into the live server, without a restart."""
+    if deployment.desired != Deployment.Desired.RUNNING:
+        raise DomainError("Start the deployment first; adapters attach to a running server.")
+    _check_adapter(base=deployment.base, adapter=adapter, workspace=deployment.workspace)
+    max_rank = deployment.settings["max_lora_rank"]
+    if (adapter.rank or 0) > max_rank:
+        raise DomainError(
+            f"{adapter.name} has rank {adapter.rank}, above this deployment's max LoRA rank {max_rank}. "
+            "Redeploy with a larger max LoRA rank to use it."
+        )
+    current = deployment.adapters.exclude(state=DeploymentAdapter.State.DETACHING).count()
+    capacity = deployment.settings["max_loras"] - (1 if deployment.device == "cpu" else 0)
+    if current + 1 > capacity:
+        raise DomainError(
+            f"This deployment holds {current} adapter(s), its limit (max LoRA slots {deployment.settings['max_loras']}"
+            f"{', one kept free on CPU' if deployment.device == 'cpu' else ''}). Redeploy with more slots to add one."
+        )
+    name = _served_name(served_name or adapter.name)
+    if name == deployment.name or deployment.adapters.filter(served_name=name).exists():
+        raise DomainError(f"The served name “{name}” is taken in this deployment; choose another.")
+    if deployment.adapters.filter(adapter=adapter).exists():
+        raise DomainError(f"{adapter.name} is already attached.")
+    attached = DeploymentAdapter.objects.create(deployment=deployment, adapter=adapter, served_name=name)
+    event_record(deployment=deployment, message=f"Attaching {adapter.name} as {attached.model_id}.")
+    return attached
+
+
+def adapter_detach(*, attached: DeploymentAdapter) -> None:
+    """Marks an adapter to be unloaded from the live server; the supervisor unloads it and forgets it."""
+    DeploymentAdapter.objects.filter(pk=attached.pk).update(state=DeploymentAdapter.State.DETACHING)
+    event_record(deployment=attached.deployment, message=f"Detaching {attached.model_id}.")
+
+
+def deployment_stop(*, deployment: Deployment) -> Deployment:
+    """Asks the supervisor to stop the server; its port and accelerators are freed."""
+    if deployment.desired == Deployment.Desired.STOPPED:
+        raise DomainError("It is already stopped or stopping.")
+    Deployment.objects.filter(pk=deployment.pk).update(desired=Deployment.Desired.STOPPED)
+    return deployment_transition(deployment=deployment, status=Deployment.Status.STOPPING, reason="Stop requested.")
+
+
+def deployment_start(*, deployment: Deployment) -> Deployment:
+    if deployment.desired == Deployment.Desired.RUNNING and not deployment.is_terminal:
+        raise DomainError("It is already running or starting.")
+    Deployment.objects.filter(pk=deployment.pk).update(
+        desired=Deployment.Desired.RUNNING, failures=0, next_start_at=None
+    )
+    return deployment_transition(deployment=deployment, status=Deployment.Status.PENDING, reason="Start requested.")
+
+
+def deployment_delete(*, deployment: Deployment) -> None:
+    """Deletes a stopped deployment and releases its cached artifacts."""
+    from cluster.models import CacheLease
+
+    if deployment.desired != Deployment.Desired.STOPPED or deployment.status != Deployment.Status.STOPPED:
+        raise DomainError("Stop the deployment and wait until it has stopped before deleting it.")
+    with transaction.atomic():
+        CacheLease.objects.filter(holder=deployment.lease_holder).delete()
+        deployment.delete()

@@ -1,0 +1,274 @@
+"""The node side of deployments: every second the node agent reconciles the
+model servers it runs with what its deployments say should run. It fetches
+artifacts, launches servers in sessions of their own, waits for health,
+loads and unloads adapters at runtime, restarts crashed servers with backoff,
+stops what should stop, and re-adopts servers a restarted agent finds still
+running."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from cluster import services as cluster_services
+from cluster.cache import ArtifactCache
+from cluster.models import CachedArtifact, Node
+from deployments import services, vllm_args
+from deployments.models import Deployment, DeploymentAdapter
+from deployments.vllm_client import ServerError, VllmClient
+from registry.vault import unseal
+
+log = logging.getLogger(__name__)
+
+MAX_FAILURES = 5  # crashes in a row before a deployment is marked failed
+START_TIMEOUT = timedelta(minutes=10)
+LOG_TAIL_LINES = 40
+S = Deployment.Status
+
+
+def process_alive(pid: int | None) -> bool:
+    """Whether `pid` runs (a zombie child of ours is reaped and counts as dead)."""
+    if not pid:
+        return False
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: a server adopted after the agent restarted
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host if host not in ("", "0.0.0.0") else "127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Supervisor:
+    """Reconciles one node's deployments. `tick()` is called every second by the agent."""
+
+    def __init__(self, node_name: str, cache: ArtifactCache, log_dir: Path) -> None:
+        self.node_name = node_name
+        self.cache = cache
+        self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def tick(self) -> None:
+        node = Node.objects.filter(name=self.node_name).first()
+        if node is None:
+            return
+        for deployment in Deployment.objects.filter(node=node).select_related("base", "node"):
+            try:
+                self.reconcile(deployment)
+            except Exception:
+                log.exception("reconciling %s failed", deployment.name)
+
+    def reconcile(self, d: Deployment) -> None:
+        alive = process_alive(d.pid)
+        if d.desired == Deployment.Desired.STOPPED:
+            if alive:
+                self.terminate(d)
+            if d.status != S.STOPPED or d.pid or d.port:
+                services.deployment_transition(deployment=d, status=S.STOPPED, reason="Stopped.", pid=None, port=None)
+            return
+        if d.status == S.FAILED:
+            return  # waits for a person: start it again once the cause is fixed
+        entries = self.ensure_fetched(d)
+        if entries is None:
+            return
+        if not alive:
+            self.start_or_restart(d, entries)
+            return
+        client = self.client(d)
+        if d.status in (S.STARTING, S.RESTARTING, S.PENDING, S.FETCHING):
+            if client.healthy():
+                self.sync_adapters(d, client, entries)
+                services.deployment_transition(
+                    deployment=d, status=S.READY, reason="The server answers on /health.", failures=0,
+                    ready_at=timezone.now(), log_tail=tail(d.log_path),
+                )  # fmt: skip
+            elif d.started_at and timezone.now() - d.started_at > START_TIMEOUT:
+                self.terminate(d)
+                self.crashed(d, "It did not become healthy within 10 minutes.")
+            return
+        if not client.healthy():
+            services.deployment_transition(deployment=d, status=S.DEGRADED, reason="/health does not answer.")
+            return
+        if d.status == S.DEGRADED:
+            services.deployment_transition(deployment=d, status=S.READY, reason="/health answers again.")
+        self.sync_adapters(d, client, entries)
+
+    # Artifacts ---------------------------------------------------------------
+
+    def ensure_fetched(self, d: Deployment) -> dict[int, CachedArtifact] | None:
+        """Returns {artifact id: ready cache entry} once the base and every adapter are cached
+        (leased for this deployment); meanwhile asks for fetches and returns None."""
+        wanted = [
+            d.base,
+            *(a.adapter for a in d.adapters.exclude(state=DeploymentAdapter.State.DETACHING).select_related("adapter")),
+        ]
+        entries, waiting = {}, []
+        for artifact in wanted:
+            cached = CachedArtifact.objects.filter(node=d.node, artifact=artifact).first()
+            if cached is None or cached.status in (CachedArtifact.Status.FAILED, CachedArtifact.Status.CANCELLED):
+                if cached is not None and cached.status == CachedArtifact.Status.FAILED and artifact == d.base:
+                    services.deployment_transition(
+                        deployment=d, status=S.FAILED, reason=f"Fetching {artifact.name} failed: {cached.error}"
+                    )
+                    return None
+                cached = cluster_services.artifact_fetch_request(artifact=artifact, node=d.node)
+            if cached.status == CachedArtifact.Status.READY:
+                cluster_services.cache_lease(cached=cached, holder=d.lease_holder)
+                entries[artifact.pk] = cached
+            else:
+                waiting.append(artifact)
+        if d.base in waiting:
+            if d.status in (S.PENDING, S.FETCHING):
+                services.deployment_transition(
+                    deployment=d, status=S.FETCHING, reason=f"Fetching {d.base.name} to {d.node.name}."
+                )
+            return None
+        if waiting and not d.pid:
+            # The first start waits for every adapter; a live server loads late ones as they arrive.
+            services.deployment_transition(deployment=d, status=S.FETCHING, reason="Fetching the adapters.")
+            return None
+        return entries
+
+    # Processes ---------------------------------------------------------------
+
+    def start_or_restart(self, d: Deployment, entries: dict[int, CachedArtifact]) -> None:
+        if d.pid or d.status in (S.READY, S.STARTING, S.DEGRADED):
+            # It was running and is gone.
+            self.crashed(d, "The server process exited.")
+            return
+        if d.next_start_at and timezone.now() < d.next_start_at:
+            return
+        self.launch(d, entries)
+
+    def crashed(self, d: Deployment, reason: str) -> None:
+        failures = d.failures + 1
+        last_lines = tail(d.log_path)
+        if failures >= MAX_FAILURES:
+            services.deployment_transition(
+                deployment=d, status=S.FAILED, reason=f"{reason} It failed {failures} times in a row; last lines:\n{last_lines[-2000:]}",
+                pid=None, port=None, failures=failures, log_tail=last_lines,
+            )  # fmt: skip
+            return
+        backoff = min(60, 2 ** (failures - 1))
+        services.deployment_transition(
+            deployment=d, status=S.RESTARTING, reason=f"{reason} Restarting in {backoff} s (attempt {failures + 1}).",
+            pid=None, failures=failures, log_tail=last_lines, next_start_at=timezone.now() + timedelta(seconds=backoff),
+        )  # fmt: skip
+
+    def launch(self, d: Deployment, entries: dict[int, CachedArtifact]) -> None:
+        api_key = unseal(d.encrypted_api_key)["api_key"]
+        port = free_port(d.node.address)
+        loaded = [
+            a
+            for a in d.adapters.exclude(state=DeploymentAdapter.State.DETACHING).select_related("adapter")
+            if a.adapter_id in entries
+        ]
+        spec = services.server_spec(
+            name=d.name, device=d.device, indices=d.accelerator_indices, options=d.settings,
+            model_path=str(self.cache.artifact_path(entries[d.base_id].key)),
+            adapters=[(a.served_name, str(self.cache.artifact_path(entries[a.adapter_id].key)), a.adapter.rank or 1) for a in loaded],
+            host=d.node.address, port=port, api_key=api_key,
+            extra_args=vllm_args.parse_extra_args(d.extra_args, allow_trust_remote_code=True),
+            extra_env=vllm_args.parse_env(d.extra_env, allow_trust_remote_code=True),
+        )  # fmt: skip
+        argv, env_additions = vllm_args.build_command(str(settings.PLUGBOARD_VLLM_PYTHON), spec)
+        log_path = self.log_dir / f"{d.name}.log"
+        with open(log_path, "ab") as log_file:
+            log_file.write(f"\n==== starting revision {d.revision} at {timezone.now().isoformat()} ====\n".encode())
+            log_file.flush()
+            # Its own session: the server outlives an agent restart, and a signal to its group stops all its processes.
+            process = subprocess.Popen(
+                argv, env={**os.environ, **env_additions}, stdout=log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+            )  # fmt: skip
+        DeploymentAdapter.objects.filter(pk__in=[a.pk for a in loaded]).update(state=DeploymentAdapter.State.LOADED)
+        services.deployment_transition(
+            deployment=d, status=S.STARTING if d.status != S.RESTARTING else S.RESTARTING,
+            reason=f"Started the server (pid {process.pid}) on port {port}.", pid=process.pid, port=port,
+            started_at=timezone.now(), command=vllm_args.display(argv), log_path=str(log_path), next_start_at=None,
+        )  # fmt: skip
+
+    def terminate(self, d: Deployment) -> None:
+        try:
+            os.killpg(d.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 20
+        while process_alive(d.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if process_alive(d.pid):
+            os.killpg(d.pid, signal.SIGKILL)
+
+    def client(self, d: Deployment) -> VllmClient:
+        return VllmClient(d.base_url, unseal(d.encrypted_api_key)["api_key"], timeout=5)
+
+    # Adapters ----------------------------------------------------------------
+
+    def sync_adapters(self, d: Deployment, client: VllmClient, entries: dict[int, CachedArtifact]) -> None:
+        """Loads the adapters that should be there and unloads the detached ones, through the live server."""
+        try:
+            served = {m["id"] for m in client.models() if m.get("parent")}
+        except ServerError:
+            return
+        for attached in d.adapters.select_related("adapter", "deployment"):
+            model_id = attached.model_id
+            if attached.state == DeploymentAdapter.State.DETACHING:
+                try:
+                    if model_id in served:
+                        client.unload_adapter(model_id)
+                except ServerError as exc:
+                    log.warning("unloading %s: %s", model_id, exc)
+                services.event_record(deployment=d, message=f"Detached {model_id}.")
+                attached.delete()
+                continue
+            if model_id in served:
+                if attached.state != DeploymentAdapter.State.LOADED:
+                    DeploymentAdapter.objects.filter(pk=attached.pk).update(
+                        state=DeploymentAdapter.State.LOADED, error=""
+                    )
+                continue
+            cached = entries.get(attached.adapter_id)
+            if cached is None:
+                DeploymentAdapter.objects.filter(pk=attached.pk).update(state=DeploymentAdapter.State.FETCHING)
+                continue
+            if attached.state == DeploymentAdapter.State.FAILED:
+                continue
+            try:
+                client.load_adapter(model_id, str(self.cache.artifact_path(cached.key)))
+            except ServerError as exc:
+                DeploymentAdapter.objects.filter(pk=attached.pk).update(
+                    state=DeploymentAdapter.State.FAILED, error=str(exc)
+                )
+                services.event_record(deployment=d, message=f"Loading {model_id} failed: {exc}")
+                continue
+            DeploymentAdapter.objects.filter(pk=attached.pk).update(state=DeploymentAdapter.State.LOADED, error="")
+            services.event_record(deployment=d, message=f"Loaded {model_id} into the running server.")
