@@ -8,6 +8,8 @@ app_name = "deployments"
 
 urlpatterns = [
     path("deployments/", views.deployment_list, name="list"),
+    path("deployments/new/", views.deploy_wizard, name="wizard_start"),
+    path("deployments/new/<str:step>/", views.deploy_wizard, name="wizard"),
     path("deployments/<int:pk>/", views.deployment_detail, name="detail"),
     path("deployments/<int:pk>/stop/", views.deployment_stop, name="stop"),
     path("deployments/<int:pk>/start/", views.deployment_start, name="start"),

@@ -94,3 +94,85 @@ def adapter_detach(request, pk, served_name):
     if attached is not None:
         services.adapter_detach(attached=attached)
     return redirect(deployment)
+
+
+WIZARD = "deploy_wizard"
+
+
+def deploy_wizard(request, step: str = "base"):
+    """The five-step deploy wizard; answers are kept in the session until Deploy."""
+    from django.http import Http404
+
+    from accounts.access import workspace_for_write
+    from deployments import wizard
+
+    if step not in wizard.STEPS:
+        raise Http404
+    data = request.session.get(WIZARD, {})
+    base = None
+    if step != "base":
+        if "base" not in data:
+            return redirect("deployments:wizard", step="base")
+        base = get_for(request.user, Artifact.objects.all(), data["base"]["base"])
+    index = wizard.STEPS.index(step)
+    back = wizard.STEPS[max(0, index - 1)]
+    forward = wizard.STEPS[min(len(wizard.STEPS) - 1, index + 1)]
+    form = None
+    error = None
+    if step == "base":
+        form = wizard.BaseForm(request.POST or None, user=request.user, initial=data.get("base"))
+    elif step == "resources":
+        form = wizard.ResourcesForm(
+            request.POST or None, initial=data.get("resources") or {"placement": "auto", "kv_cache_gib": 1}
+        )
+    elif step == "server":
+        form = wizard.ServerForm(request.POST or None, initial=data.get("server") or {"dtype": "auto"})
+
+    if request.method == "POST":
+        going_back = "back" in request.POST
+        try:
+            if step == "adapters":
+                data["adapters"] = wizard.read_adapters(request.POST, base)
+            elif step == "review" and not going_back:
+                workspace = workspace_for_write(request.user, base.workspace)
+                deployment = wizard.deploy(data, workspace=workspace, user=request.user)
+                request.session.pop(WIZARD, None)
+                messages.success(
+                    request, f"Deploying {deployment.name}: the node fetches what it needs, then starts the server."
+                )
+                return redirect(deployment)
+            elif form is not None and form.is_valid():
+                cleaned = {k: (v.pk if hasattr(v, "pk") else v) for k, v in form.cleaned_data.items()}
+                data[step] = cleaned
+            elif form is not None and not going_back:
+                raise DomainError("")
+        except DomainError as exc:
+            error = exc.message
+        else:
+            request.session[WIZARD] = data
+            return redirect("deployments:wizard", step=back if going_back else forward)
+        if going_back:
+            request.session[WIZARD] = data
+            return redirect("deployments:wizard", step=back)
+
+    context = {
+        "step": step,
+        "steps": [(s, wizard.TITLES[s]) for s in wizard.STEPS],
+        "form": form,
+        "error": error,
+        "data": data,
+        "base": base,
+    }
+    if step == "base":
+        context["bases"] = wizard.ready_bases(request.user)
+    elif step == "adapters":
+        context["rows"] = wizard.adapter_rows(base, data)
+    elif step == "resources":
+        context["preflight"] = wizard.preflight(data, base)
+    elif step == "review":
+        try:
+            context["preview"] = wizard.command_preview(data, base)
+            context["adapters"] = wizard.chosen_adapters(data)
+        except DomainError as exc:
+            context["error"] = exc.message
+    return render(request, "deployments/wizard.html", context)

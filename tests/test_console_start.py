@@ -58,6 +58,23 @@ def console(tmp_path_factory):
     yield url, var
     os.killpg(process.pid, signal.SIGTERM)
     process.wait(30)
+    kill_servers_under(var)
+
+
+def kill_servers_under(var: Path) -> None:
+    """Model servers run in sessions of their own and outlive the console: stop the ones this console started."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "vllm.entrypoints" in cmdline and str(var) in cmdline:
+            try:
+                os.killpg(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +123,27 @@ def test_a_model_fetched_to_the_local_node_shows_as_cached(console, page):
     page.locator('#artifact-nodes [data-cache-status="ready"]').wait_for(timeout=60_000)
     page.goto(url + "/cluster/")
     assert "pirate" in page.locator('[data-node="laptop"]').inner_text()
+
+
+def test_the_wizard_deploys_the_demo_model_with_adapters_and_the_page_shows_it_ready(console, page):
+    url, _ = console
+    page.goto(url + "/deployments/")
+    page.get_by_role("link", name="Deploy", exact=True).click()
+    page.get_by_label("smollm2-135m-instruct").check()
+    page.fill("#id_name", "demo")
+    page.get_by_role("button", name="Next").click()
+    page.locator('[data-adapter="pirate"] input[type=checkbox]').check()
+    page.locator('[data-adapter="json-answer"] input[type=checkbox]').check()
+    page.get_by_role("button", name="Next").click()
+    assert page.locator('tr[data-fits="true"]').count() >= 1, "the local CPU fits the demo model"
+    page.get_by_role("button", name="Next").click()
+    page.get_by_role("button", name="Next").click()
+    assert "demo:pirate" in page.locator("#command").inner_text()
+    page.get_by_role("button", name="Deploy", exact=True).click()
+
+    page.locator('#live [data-status="ready"]').wait_for(timeout=240_000)
+    assert page.locator('[data-adapter="pirate"][data-state="loaded"]').count() == 1
+    assert page.locator('[data-adapter="json-answer"][data-state="loaded"]').count() == 1
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Stop").click()
+    page.locator('#live [data-status="stopped"]').wait_for(timeout=60_000)

@@ -9,10 +9,12 @@ import json
 import os
 import signal
 import socket
+import time
 
 import pytest
 import requests
 
+from cluster.models import Node
 from conftest import DEMO_STORE
 from deployments.models import Deployment
 from registry.demo import DEMO_BASE, demo_register
@@ -55,7 +57,7 @@ def served(deployment: Deployment) -> set[str]:
 
 
 def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, no_stray_servers):
-    agents("cpu-node")
+    agent = agents("cpu-node")
     artifacts = {a.name: a for a in demo_register(workspace=cast.team, store=DEMO_STORE)}
     api = api_as(cast.member)
 
@@ -102,6 +104,20 @@ def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, no_stray_ser
     deployment = Deployment.objects.get(pk=pk)
     assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}, "the same adapter set comes back"
     assert "Arr" in ask(deployment, "demo:pirate")
+
+    # A restarted node agent adopts the server it finds running instead of starting another.
+    pid = deployment.pid
+    agent.kill()
+    agent.start()
+    wait_for(
+        lambda: Node.objects.get(name="cpu-node").started_at > deployment.ready_at,
+        timeout=60,
+        what="the agent to come back",
+    )
+    time.sleep(3)  # a few supervisor ticks
+    deployment = Deployment.objects.get(pk=pk)
+    assert (deployment.pid, deployment.status) == (pid, "ready"), "the server was adopted, not restarted"
+    assert "Paris" in ask(deployment, "demo")
 
     port = deployment.port
     assert api.post(f"/api/v1/deployments/{pk}/stop/").status_code == 202

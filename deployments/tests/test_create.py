@@ -1,0 +1,163 @@
+"""Deploying through the API: bad input gets a clear error and changes nothing."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from cluster import services as cluster_services
+from cluster.cache import ArtifactCache
+from cluster.inventory import Inventory
+from cluster.models import Node
+from conftest import DEMO_STORE
+from deployments.models import Deployment, DeploymentAdapter
+from registry import services as registry_services
+from registry.demo import DEMO_BASE, demo_register
+from registry.tests.helpers import register_and_inspect
+from registry.tests.test_api import api_as
+from tests.support import artifacts as build
+
+pytestmark = pytest.mark.demo
+GiB = 1 << 30
+
+
+def online_cpu_node(tmp_path, name: str = "cpu-1", memory: int = 24 * GiB) -> Node:
+    node = cluster_services.node_register(
+        name=name, address="127.0.0.1", cache_dir=str(tmp_path / name), cache_quota_bytes=10 * GiB
+    )
+    inventory = Inventory(
+        hostname=name, cpu_count=2, memory_total_bytes=memory, memory_available_bytes=memory - GiB, runtimes=[]
+    )
+    return cluster_services.node_report(node=node, inventory=inventory, cache=ArtifactCache(tmp_path / name))
+
+
+@pytest.fixture
+def demo(cast, tmp_path):
+    artifacts = {a.name: a for a in demo_register(workspace=cast.team, store=DEMO_STORE)}
+    online_cpu_node(tmp_path)
+    return artifacts
+
+
+def deploy(api, demo, **overrides):
+    body = {"name": "demo", "base": demo[DEMO_BASE].pk, "node": "cpu-1",
+            "adapters": [{"adapter": demo["pirate"].pk}], "settings": {"kv_cache_bytes": GiB}}  # fmt: skip
+    body.update(overrides)
+    return api.post("/api/v1/deployments/", body, format="json")
+
+
+def refused(response, fragment: str) -> None:
+    assert response.status_code in (400, 404, 409), response.content
+    assert fragment in response.json()["detail"], response.json()["detail"]
+    assert not Deployment.objects.exists() and not DeploymentAdapter.objects.exists()
+
+
+def adapter_for_demo(cast, tmp_path, name: str, **kwargs):
+    """A LoRA adapter shaped for SmolLM2-135M (hidden 576, 9 heads, 3 KV heads, 30 layers)."""
+    folder = tmp_path / "adapters" / name
+    folder.mkdir(parents=True)
+    r = kwargs.pop("r", 8)
+    hidden = kwargs.pop("hidden", 576)
+    (folder / "adapter_config.json").write_text(json.dumps(build.adapter_config(r=r, base=DEMO_BASE, **kwargs)))
+    tensors = build.lora_tensors(hidden=hidden, layers=30, heads=9, kv_heads=3, r=r)
+    (folder / "adapter_model.safetensors").write_bytes(build.safetensors_bytes(tensors))
+    shelf = registry_services.connection_create(
+        workspace=cast.team, name=f"shelf-{name}", kind="local", root_path=str(tmp_path)
+    )
+    return register_and_inspect(cast.team, shelf, name=name, kind="adapter", location=f"adapters/{name}")
+
+
+def test_a_good_request_is_accepted_with_defaults_that_fit_its_adapters(cast, demo):
+    response = deploy(
+        api_as(cast.member),
+        demo,
+        adapters=[{"adapter": demo["pirate"].pk}, {"adapter": demo["robot"].pk, "served_name": "beep"}],
+    )
+
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["status"] == "pending" and body["device"] == "cpu"
+    assert body["settings"]["max_lora_rank"] == 8 and body["settings"]["max_loras"] == 3  # one slot kept free on CPU
+    assert [a["model_id"] for a in body["adapters"]] == ["demo:beep", "demo:pirate"]
+
+
+def test_an_incompatible_adapter_is_refused(cast, demo, tmp_path):
+    wrong = adapter_for_demo(cast, tmp_path, "wide", hidden=640)
+    refused(
+        deploy(api_as(cast.member), demo, adapters=[{"adapter": wrong.pk}]), "wide does not fit smollm2-135m-instruct"
+    )
+
+
+def test_an_adapter_rank_above_the_deployments_max_is_refused_and_a_redeploy_offered(cast, demo, tmp_path):
+    big = adapter_for_demo(cast, tmp_path, "big", r=32)
+    refused(
+        deploy(
+            api_as(cast.member),
+            demo,
+            adapters=[{"adapter": big.pk}],
+            settings={"max_lora_rank": 16, "kv_cache_bytes": GiB},
+        ),
+        "rank",
+    )
+    api = api_as(cast.member)
+    pk = deploy(api, demo, settings={"max_lora_rank": 8, "max_loras": 4, "kv_cache_bytes": GiB}).json()["id"]
+
+    response = api.post(f"/api/v1/deployments/{pk}/attach/", {"adapter": big.pk}, format="json")
+
+    assert response.status_code == 400
+    assert (
+        response.json()["detail"]
+        == "big has rank 32, above this deployment's max LoRA rank 8. Redeploy with a larger max LoRA rank to use it."
+    )
+    assert Deployment.objects.get(pk=pk).adapters.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("adapters", "name", "fragment"),
+    [
+        ([("pirate", "same"), ("robot", "same")], "demo", "Two adapters have the same served name"),
+        ([("pirate", "demo")], "demo", "cannot be the deployment's own name"),
+    ],
+)
+def test_a_served_name_that_collides_is_refused(cast, demo, adapters, name, fragment):
+    body = [{"adapter": demo[a].pk, "served_name": s} for a, s in adapters]
+    refused(deploy(api_as(cast.member), demo, name=name, adapters=body), fragment)
+
+
+def test_a_deployment_name_in_use_is_refused(cast, demo):
+    api = api_as(cast.member)
+    assert deploy(api, demo).status_code == 202
+    response = deploy(api, demo)
+    assert response.status_code == 400 and "already exists" in response.json()["detail"]
+    assert Deployment.objects.count() == 1
+
+
+def test_an_offline_node_is_refused(cast, demo):
+    Node.objects.filter(name="cpu-1").update(last_seen_at=timezone.now() - timedelta(hours=1))
+    refused(deploy(api_as(cast.member), demo), "cpu-1 is offline")
+
+
+def test_not_enough_memory_is_refused_with_the_numbers(cast, demo):
+    refused(deploy(api_as(cast.member), demo, settings={"kv_cache_bytes": 64 * GiB}), "GiB")
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "fragment"),
+    [
+        ("--port 9999", "--port"),
+        ("--api-key=stolen", "--api-key"),
+        ("--served-model-name x; rm -rf /", "--served-model-name"),
+        ("--trust-remote-code", "--trust-remote-code"),
+        ("--max-num-seqs 8 $(reboot)", "$(reboot)"),
+    ],
+)
+def test_managed_flags_and_injection_attempts_are_refused(cast, demo, extra_args, fragment):
+    refused(deploy(api_as(cast.member), demo, extra_args=extra_args), fragment)
+
+
+def test_a_viewer_or_an_outsider_cannot_deploy(cast, demo):
+    assert deploy(api_as(cast.viewer), demo).status_code == 403
+    assert deploy(api_as(cast.outsider), demo).status_code == 404
+    assert not Deployment.objects.exists()

@@ -1,0 +1,251 @@
+"""The deploy wizard's steps: what each asks, how it is checked, and how the
+answers become a call to `deployment_create`. The answers live in the
+session until Deploy, so Back keeps what was entered."""
+
+from __future__ import annotations
+
+from django import forms
+from django.conf import settings as django_settings
+
+from cluster.models import CachedArtifact, Node
+from config.errors import DomainError
+from config.forms import StyledForm
+from deployments import placement, services, vllm_args
+from registry.models import Artifact, ArtifactKind, ArtifactStatus, Compatibility
+
+STEPS = ["base", "adapters", "resources", "server", "review"]
+TITLES = {
+    "base": "Base model",
+    "adapters": "Adapters",
+    "resources": "Resources",
+    "server": "Model server",
+    "review": "Review",
+}
+GiB = 1 << 30
+
+
+def ready_bases(user):
+    return Artifact.objects.filter(
+        workspace__memberships__user=user, kind=ArtifactKind.BASE, status=ArtifactStatus.READY
+    ).select_related("workspace")
+
+
+class BaseForm(StyledForm):
+    base = forms.ModelChoiceField(queryset=None, widget=forms.RadioSelect, empty_label=None)
+    name = forms.SlugField(max_length=63, help_text="Also the base model's id on the gateway.")
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["base"].queryset = ready_bases(user)
+
+
+def adapter_rows(base: Artifact, data: dict) -> list[dict]:
+    """Every adapter of the base's workspace, with whether it fits and its chosen served name."""
+    verdicts = {v.adapter_id: v for v in Compatibility.objects.filter(base=base).select_related("adapter")}
+    chosen = {int(k): v for k, v in data.get("adapters", {}).items()}
+    rows = []
+    for adapter in Artifact.objects.filter(workspace=base.workspace, kind=ArtifactKind.ADAPTER).order_by("name"):
+        verdict = verdicts.get(adapter.pk)
+        rows.append({
+            "adapter": adapter,
+            "fits": bool(verdict and verdict.compatible),
+            "reason": "; ".join(verdict.reasons) if verdict else (adapter.problems[0] if adapter.problems else "Not inspected yet."),
+            "selected": adapter.pk in chosen,
+            "served_name": chosen.get(adapter.pk, adapter.name),
+        })  # fmt: skip
+    return rows
+
+
+def read_adapters(post, base: Artifact) -> dict[str, str]:
+    """{adapter id: served name} from the adapters step, refusing adapters that do not fit."""
+    fits = set(Compatibility.objects.filter(base=base, compatible=True).values_list("adapter_id", flat=True))
+    chosen = {}
+    for value in post.getlist("adapter"):
+        if not value.isdigit() or int(value) not in fits:
+            raise DomainError("Only adapters that fit this base model can be selected.")
+        chosen[value] = post.get(f"served_name_{value}", "").strip()
+    names = [n for n in chosen.values() if n]
+    if len(set(names)) != len(names):
+        raise DomainError("Two adapters have the same served name; give each its own.")
+    return chosen
+
+
+class ResourcesForm(StyledForm):
+    placement = forms.ChoiceField(choices=[("auto", "Automatic"), ("manual", "Manual")], widget=forms.RadioSelect)
+    node = forms.ModelChoiceField(queryset=Node.objects.all(), required=False)
+    gpus = forms.CharField(required=False, help_text="Manual, GPU nodes: the GPU indices, e.g. 0,1.")
+    max_model_len = forms.IntegerField(
+        required=False, min_value=16, help_text="Context length; blank for the model's own."
+    )
+    gpu_memory_utilization = forms.FloatField(
+        required=False, min_value=0.05, max_value=1.0, help_text="GPU nodes only."
+    )
+    kv_cache_gib = forms.FloatField(
+        required=False, min_value=0.25, initial=1, label="KV cache (GiB)", help_text="CPU nodes only."
+    )
+    cpu_threads = forms.CharField(
+        required=False, help_text="CPU nodes: cores to bind, e.g. 0-1; blank for vLLM's choice."
+    )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("placement") == "manual" and not data.get("node"):
+            self.add_error("node", "Pick a node for a manual placement.")
+        try:
+            data["gpu_indices"] = [int(x) for x in (data.get("gpus") or "").replace(" ", "").split(",") if x]
+        except ValueError:
+            self.add_error("gpus", "Write GPU indices as numbers separated by commas.")
+        return data
+
+
+class ServerForm(StyledForm):
+    dtype = forms.ChoiceField(choices=[(d, d) for d in vllm_args.DTYPES], initial="auto")
+    tensor_parallel_size = forms.IntegerField(required=False, min_value=1, help_text="GPU nodes: GPUs per server.")
+    max_loras = forms.IntegerField(required=False, min_value=1, help_text="Adapters in memory at once.")
+    max_lora_rank = forms.TypedChoiceField(
+        choices=[("", "The smallest that fits the adapters"), *((r, r) for r in vllm_args.VLLM_LORA_RANKS)],
+        coerce=int, required=False, empty_value=None,
+    )  # fmt: skip
+    max_cpu_loras = forms.IntegerField(required=False, min_value=1)
+    enable_prefix_caching = forms.BooleanField(required=False)
+    enforce_eager = forms.BooleanField(required=False, label="Eager mode (no CUDA graphs)")
+    extra_args = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="More vLLM flags, e.g. --max-num-seqs 16"
+    )
+    extra_env = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        label="Environment",
+        help_text="KEY=value, one per line.",
+    )
+
+    def clean_extra_args(self):
+        try:
+            vllm_args.parse_extra_args(
+                self.cleaned_data["extra_args"],
+                allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
+            )
+        except vllm_args.ArgumentError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return self.cleaned_data["extra_args"]
+
+    def clean_extra_env(self):
+        try:
+            vllm_args.parse_env(
+                self.cleaned_data["extra_env"],
+                allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
+            )
+        except vllm_args.ArgumentError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return self.cleaned_data["extra_env"]
+
+
+def chosen_adapters(data: dict) -> list[tuple[Artifact, str]]:
+    ids = {int(k): v for k, v in data.get("adapters", {}).items()}
+    return [(a, ids[a.pk]) for a in Artifact.objects.filter(pk__in=ids).order_by("name")]
+
+
+def settings_of(data: dict, device: str) -> dict:
+    """The deployment settings the answers so far say, with the defaults the wizard offers."""
+    resources, server = data.get("resources", {}), data.get("server", {})
+    adapters = chosen_adapters(data)
+    options = {
+        "dtype": server.get("dtype") or "auto",
+        "max_model_len": resources.get("max_model_len"),
+        "max_lora_rank": server.get("max_lora_rank")
+        or vllm_args.default_max_lora_rank([a.rank or 1 for a, _ in adapters]),
+        "max_loras": server.get("max_loras") or vllm_args.default_max_loras(len(adapters), device=device),
+        "max_cpu_loras": server.get("max_cpu_loras"),
+        "enable_prefix_caching": server.get("enable_prefix_caching") or None,
+        "enforce_eager": bool(server.get("enforce_eager")),
+    }
+    if device == "cpu":
+        options["kv_cache_bytes"] = int((resources.get("kv_cache_gib") or 1) * GiB)
+        options["cpu_threads"] = resources.get("cpu_threads") or None
+    else:
+        options["gpu_memory_utilization"] = resources.get("gpu_memory_utilization") or 0.9
+        options["tensor_parallel_size"] = server.get("tensor_parallel_size") or max(
+            1, len(resources.get("gpu_indices") or [])
+        )
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def preflight(data: dict, base: Artifact) -> list[dict]:
+    """Per accelerator of every node: whether the deployment fits, and why (the resources step's table)."""
+    from deployments import memory
+
+    rows = []
+    states = services.accelerator_states()
+    for state in states:
+        device = "cuda" if state.kind == "gpu" else "cpu"
+        options = settings_of(data, device)
+        estimate = services.memory_estimate(base=base, device=device, options=options)
+        verdict = memory.verdict(
+            estimate, memory_total=state.memory_total, memory_free=state.memory_free,
+            gpu_memory_utilization=options.get("gpu_memory_utilization"), device=device,
+        )  # fmt: skip
+        rows.append(
+            {
+                "state": state,
+                "fits": verdict.fits and state.node_online and not state.busy,
+                "reason": verdict.reason if state.node_online else "The node is offline.",
+                "busy": state.busy,
+            }
+        )
+    return rows
+
+
+def resolve_placement(data: dict, base: Artifact) -> tuple[Node, str, list[int]]:
+    """The node, device and GPU indices the answers give (automatic placement decides here)."""
+    resources = data.get("resources", {})
+    states = services.accelerator_states()
+    if resources.get("placement") == "manual" and resources.get("node"):
+        node = Node.objects.get(pk=resources["node"])
+        device = "cuda" if any(s.kind == "gpu" and s.node == node.name for s in states) else "cpu"
+        return node, device, list(resources.get("gpu_indices") or [])
+    device = "cuda" if any(s.kind == "gpu" and s.node_online for s in states) else "cpu"
+    options = settings_of(data, device)
+    need = services.memory_estimate(base=base, device=device, options=options).needed
+    try:
+        placed = placement.place(states, device=device, count=options.get("tensor_parallel_size", 1), need_bytes=need,
+                                 gpu_memory_utilization=options.get("gpu_memory_utilization"))  # fmt: skip
+    except placement.PlacementError as exc:
+        raise DomainError(str(exc)) from None
+    return Node.objects.get(name=placed.node), device, list(placed.indices) if device == "cuda" else []
+
+
+def command_preview(data: dict, base: Artifact) -> str:
+    """The exact command line the node will run, secrets masked and the port left to the node."""
+    node, device, indices = resolve_placement(data, base)
+    options = settings_of(data, device)
+    cache = f"{node.cache_dir}/artifacts"
+
+    def path(artifact: Artifact) -> str:
+        return f"{cache}/{CachedArtifact(artifact=artifact, revision=artifact.resolved_revision).key}"
+
+    name = data["base"]["name"]
+    server = data.get("server", {})
+    spec = services.server_spec(
+        name=name, device=device, indices=indices, options=options, model_path=path(base),
+        adapters=[(services._served_name(s or a.name), path(a), a.rank or 1) for a, s in chosen_adapters(data)],
+        host=node.address, port=1, api_key="secret",
+        extra_args=vllm_args.parse_extra_args(server.get("extra_args", ""), allow_trust_remote_code=True),
+        extra_env=vllm_args.parse_env(server.get("extra_env", ""), allow_trust_remote_code=True),
+    )  # fmt: skip
+    argv, env = vllm_args.build_command(str(django_settings.PLUGBOARD_VLLM_PYTHON), spec)
+    argv[argv.index("--port") + 1] = "<port chosen by the node>"
+    environment = " ".join(f"{k}={v}" for k, v in sorted(env.items()))
+    return f"{environment} {vllm_args.display(argv)}"
+
+
+def deploy(data: dict, *, workspace, user):
+    """Creates the deployment the answers describe."""
+    base = Artifact.objects.get(pk=data["base"]["base"])
+    node, device, indices = resolve_placement(data, base)
+    server = data.get("server", {})
+    return services.deployment_create(
+        workspace=workspace, name=data["base"]["name"], base=base, node=node, adapters=chosen_adapters(data),
+        accelerator_indices=indices, settings={**settings_of(data, device), "device": device},
+        extra_args=server.get("extra_args", ""), extra_env=server.get("extra_env", ""),
+        allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE, user=user,
+    )  # fmt: skip
