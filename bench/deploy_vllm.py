@@ -14,12 +14,14 @@ Two targets (issue #4):
 
 Everything runs on embedded defaults in a fresh temporary folder: SQLite, the
 embedded Redis, a real node agent (`manage.py node_agent`) in a process of its
-own, and the vLLM CPU runtime in `.venv-vllm`. One vLLM server runs at a time.
-The console's side and the bare side alternate from round to round. Prints
+own, and the vLLM CPU runtime in `.venv-vllm`. One vLLM server runs at a time:
+it waits while someone else's runs (a test), and a round during which one
+appears anyway is reported apart, left out of the medians and run again (up
+to --retries extra rounds). The console's side and the bare side alternate from round to round. Prints
 every run, the medians, where the console's time goes, and whether each
 target is met; stops every process it started and deletes its folder.
 
-    .venv/bin/python bench/deploy_vllm.py [--rounds 2] [--no-warmup]
+    .venv/bin/python bench/deploy_vllm.py [--rounds 2] [--retries 2] [--no-warmup]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import signal
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 
 import requests
@@ -105,29 +108,31 @@ def stop_group(pgid: int | None, *, grace: float = 20) -> float:
     return time.monotonic() - started
 
 
-def vllm_servers(marker: str | None = None) -> dict[int, int]:
-    """{pid: process group} of the vLLM API servers running on this host (those whose command line holds
-    `marker`, when given)."""
+def vllm_servers(marker: str | None = None, *, foreign: bool = False) -> dict[int, int]:
+    """{pid: process group} of the vLLM API servers running on this host: those whose command line holds
+    `marker` (every one when None), or with `foreign`, those whose command line does not."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if VLLM_ENTRYPOINT in cmdline and (marker is None or marker in cmdline):
+            if VLLM_ENTRYPOINT in cmdline and (marker is None or (marker in cmdline) != foreign):
                 found[int(entry.name)] = os.getpgid(int(entry.name))
         except (OSError, ProcessLookupError):
             continue
     return found
 
 
-def wait_for_no_other_server(mine: set[int], *, timeout: float = 600) -> None:
+def wait_for_no_other_server(marker: str, *, timeout: float = 900) -> None:
     """One vLLM server at a time on this host: waits while someone else's runs (a test, say)."""
     deadline = time.monotonic() + timeout
     told = False
     while True:
-        others = {pid for pid, pgid in vllm_servers().items() if pgid not in mine}
+        others = vllm_servers(marker, foreign=True)
         if not others:
+            if told:
+                log("it ended; going on")
             return
         if not told:
             log(f"another vLLM server runs here (pids {sorted(others)}); waiting for it to end")
@@ -135,6 +140,26 @@ def wait_for_no_other_server(mine: set[int], *, timeout: float = 600) -> None:
         if time.monotonic() > deadline:
             raise Abort(f"another vLLM server (pids {sorted(others)}) ran for {timeout:.0f} s; measure later")
         time.sleep(1)
+
+
+class Watcher(threading.Thread):
+    """Notes, twice a second, every vLLM server on this host that is not this run's: a server someone
+    else starts mid-measurement (a test) shares the two cores and spoils that round."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__(name="foreign-vllm-watcher", daemon=True)
+        self.marker = marker
+        self.sightings: list[tuple[float, tuple[int, ...]]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.5):
+            others = vllm_servers(self.marker, foreign=True)
+            if others:
+                self.sightings.append((time.monotonic(), tuple(sorted(others))))
+
+    def seen_between(self, start: float, end: float) -> set[int]:
+        return {pid for at, pids in list(self.sightings) if start <= at <= end for pid in pids}
 
 
 LOCK_RETRIES: list[str] = []  # what had to be retried because SQLite said "database is locked"
@@ -210,7 +235,6 @@ class Bench:
         self.agent: subprocess.Popen | None = None
         self.bare: list[subprocess.Popen] = []
         self.redis_started = False
-        self.mine: set[int] = set()  # process groups of the vLLM servers this run started
 
     # Set-up --------------------------------------------------------------------
 
@@ -326,7 +350,7 @@ class Bench:
         from deployments.models import Deployment, DeploymentAdapter, DeploymentEvent
         from registry.vault import unseal
 
-        wait_for_no_other_server(self.mine)
+        wait_for_no_other_server(str(self.cache_dir))
         name = f"bench-{index}"
         result: dict = {"name": name}
         self.node.refresh_from_db()  # as the API would read it: is_online looks at its last report
@@ -341,8 +365,6 @@ class Bench:
         deadline = t0 + START_TIMEOUT
         while True:
             d = Deployment.objects.select_related("node", "base").get(pk=d.pk)
-            if d.pid:
-                self.mine.add(d.pid)  # its own session: pid == process group
             if d.status == Deployment.Status.READY:
                 break
             if d.status == Deployment.Status.FAILED or time.monotonic() > deadline:
@@ -419,7 +441,6 @@ class Bench:
         while group_alive(pid) and time.monotonic() < t_stop + 60:
             time.sleep(POLL)
         stop_group(pid)
-        self.mine.discard(pid)
         result["stop"] = time.monotonic() - t_stop
         return result
 
@@ -432,7 +453,6 @@ class Bench:
                 stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
             )  # fmt: skip
         self.bare.append(process)
-        self.mine.add(process.pid)
         return process
 
     def wait_healthy(self, process: subprocess.Popen, session, base_url: str, label: str, started: float) -> float:
@@ -459,7 +479,7 @@ class Bench:
         argv2, env2 = self.argv_for(d, with_robot, port=free_port("127.0.0.1"), api_key=key)
         robot_name = f"{d.name}:{ATTACHED}"
         result: dict = {}
-        wait_for_no_other_server(self.mine)
+        wait_for_no_other_server(str(self.cache_dir))
         session = session_for(key)
         port = argv[argv.index("--port") + 1]
         url = f"http://127.0.0.1:{port}"
@@ -471,7 +491,6 @@ class Bench:
         url2 = f"http://127.0.0.1:{argv2[argv2.index('--port') + 1]}"
         t1 = time.monotonic()
         stop_group(process.pid)
-        self.mine.discard(process.pid)
         t_stopped = time.monotonic()
         process2 = self.start_bare(argv2, env2, f"restart-{index}")
         t_healthy = self.wait_healthy(process2, session, url2, f"restart-{index}", t1)
@@ -486,7 +505,6 @@ class Bench:
         result["restart_start_to_healthy"] = t_healthy - t_stopped
         result["restart_first_answer"] = t_answered - t_healthy
         stop_group(process2.pid)
-        self.mine.discard(process2.pid)
         return result
 
     # Clean-up --------------------------------------------------------------------
@@ -497,12 +515,12 @@ class Bench:
             stop_group(self.agent.pid, grace=15)
         # Every server whose command line points into this run's cache (the console's and the bare ones),
         # and any bare one still starting.
-        groups = set(vllm_servers(marker=str(self.cache_dir)).values())
+        groups = set(vllm_servers(str(self.cache_dir)).values())
         groups |= {p.pid for p in self.bare if p.poll() is None}
         for pgid in sorted(groups):
             log(f"stopping vLLM process group {pgid}")
             stop_group(pgid)
-        left = vllm_servers(marker=str(self.cache_dir))
+        left = vllm_servers(str(self.cache_dir))
         if left:
             log(f"WARNING: vLLM processes still running: {left}")
         if self.redis_started:
@@ -518,9 +536,7 @@ class Bench:
 # --- Report -----------------------------------------------------------------------
 
 
-def report(runs: list[dict]) -> bool:
-    print()
-    print("Runs (seconds):")
+def report_runs(runs: list[dict]) -> None:
     header = f"{'round':>5} {'order':<14} {'console ready':>13} {'bare healthy':>12} {'overhead':>8} {'attach':>7} {'restart':>7} {'ratio':>6}"
     print(header)
     for r in runs:
@@ -530,6 +546,12 @@ def report(runs: list[dict]) -> bool:
             f"{r['round']:>5} {r['order']:<14} {r['console']['deploy_to_ready']:>13.2f} {r['bare']['to_healthy']:>12.2f} "
             f"{overhead:>8.2f} {r['console']['attach']:>7.2f} {r['bare']['restart']:>7.2f} {ratio:>6.1f}"
         )
+
+
+def report(runs: list[dict]) -> bool:
+    print()
+    print("Runs (seconds):")
+    report_runs(runs)
     med = statistics.median
     console = med(r["console"]["deploy_to_ready"] for r in runs)
     bare = med(r["bare"]["to_healthy"] for r in runs)
@@ -586,6 +608,7 @@ def report(runs: list[dict]) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2, help="console/bare pairs, alternating which goes first (2)")
+    parser.add_argument("--retries", type=int, default=2, help="extra rounds allowed for spoiled ones (2)")
     parser.add_argument("--no-warmup", action="store_true", help="skip importing vLLM once before measuring")
     args = parser.parse_args()
 
@@ -609,30 +632,48 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     bench = Bench(tmp)
-    runs: list[dict] = []
+    watcher = Watcher(str(bench.cache_dir))
+    runs: list[dict] = []  # clean rounds
+    spoiled: list[dict] = []  # rounds during which someone else's vLLM server ran
     try:
         bench.setup()
         bench.start_agent()
         bench.warm_cache()
         if not args.no_warmup:
             bench.warm_runtime()
-        for index in range(1, args.rounds + 1):
-            console_first = index % 2 == 1
-            order = "console, bare" if console_first else "bare, console"
-            log(f"round {index}: {order}")
+        watcher.start()
+        attempt, last_deployment = 0, None
+        while len(runs) < args.rounds and attempt < args.rounds + args.retries:
+            attempt += 1
             # The bare side runs the argv of the latest console deployment: this round's when the
             # console goes first, the previous round's otherwise (same settings and cache paths).
+            console_first = last_deployment is None or attempt % 2 == 1
+            order = "console, bare" if console_first else "bare, console"
+            log(f"round {attempt}: {order}")
+            started = time.monotonic()
             if console_first:
-                console = bench.console_run(index)
+                console = bench.console_run(attempt)
                 log(f"  console: ready in {console['deploy_to_ready']:.2f} s, attach {console['attach']:.2f} s")
-                bare = bench.bare_run(index, console["deployment"])
+                bare = bench.bare_run(attempt, console["deployment"])
                 log(f"  bare: healthy in {bare['to_healthy']:.2f} s, restart with {ATTACHED} {bare['restart']:.2f} s")
             else:
-                bare = bench.bare_run(index, runs[-1]["console"]["deployment"])
+                bare = bench.bare_run(attempt, last_deployment)
                 log(f"  bare: healthy in {bare['to_healthy']:.2f} s, restart with {ATTACHED} {bare['restart']:.2f} s")
-                console = bench.console_run(index)
+                console = bench.console_run(attempt)
                 log(f"  console: ready in {console['deploy_to_ready']:.2f} s, attach {console['attach']:.2f} s")
-            runs.append({"round": index, "order": order, "console": console, "bare": bare})
+            last_deployment = console["deployment"]
+            run = {"round": attempt, "order": order, "console": console, "bare": bare}
+            others = watcher.seen_between(started, time.monotonic())
+            if others:
+                log(f"  SPOILED: another vLLM server (pids {sorted(others)}) ran during this round; not counted")
+                spoiled.append(run)
+            else:
+                runs.append(run)
+        if spoiled:
+            print("\nRounds spoiled by someone else's vLLM server (not in the medians):")
+            report_runs(spoiled)
+        if not runs:
+            raise Abort("no round ran alone on the host; measure again when nothing else runs vLLM")
         ok = report(runs)
         return 0 if ok else 1
     except Abort as exc:
@@ -642,6 +683,7 @@ def main() -> int:
         return 2
     finally:
         log("cleaning up")
+        watcher.stopping.set()
         bench.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
         log("done")

@@ -82,6 +82,15 @@ class Accelerator(models.Model):
     def __str__(self) -> str:
         return f"{self.node.name}/{self.kind}{self.index} {self.name}"
 
+    def running(self) -> list:
+        """The deployments that should run on this accelerator (a CPU hosts every CPU deployment of its node)."""
+        from deployments.models import Deployment
+
+        on_node = Deployment.objects.filter(node_id=self.node_id, desired=Deployment.Desired.RUNNING)
+        if self.kind == self.Kind.CPU:
+            return list(on_node.filter(device="cpu"))
+        return [d for d in on_node.filter(device="cuda") if self.index in d.accelerator_indices]
+
     @property
     def memory_used_percent(self) -> int:
         if not self.memory_total_bytes:

@@ -14,7 +14,12 @@ from registry.models import Artifact
 
 
 def cluster_page(request):
-    nodes = selectors.nodes_with_details(request.user)
+    nodes = list(selectors.nodes_with_details(request.user))
+    mine = set(request.user.memberships.values_list("workspace_id", flat=True))
+    for node in nodes:
+        for accelerator in node.accelerators.all():
+            # Another workspace's deployment takes the accelerator, but its name is not ours to show.
+            accelerator.shown_running = [d if d.workspace_id in mine else None for d in accelerator.running()]
     template = "cluster/cluster.html#nodes" if request.htmx else "cluster/cluster.html"
     return render(request, template, {"nodes": nodes})
 

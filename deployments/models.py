@@ -44,6 +44,9 @@ class Deployment(models.Model):
     extra_args = models.TextField(blank=True)
     extra_env = models.TextField(blank=True)
     revision = models.PositiveIntegerField(default=1)
+    # The revision the running server was started with; a newer revision means "redeploy".
+    launched_revision = models.PositiveIntegerField(null=True, blank=True)
+    restart_requested = models.BooleanField(default=False)
 
     desired = models.CharField(max_length=8, choices=Desired.choices, default=Desired.RUNNING)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)

@@ -287,3 +287,68 @@ def deployment_delete(*, deployment: Deployment) -> None:
     with transaction.atomic():
         CacheLease.objects.filter(holder=deployment.lease_holder).delete()
         deployment.delete()
+
+
+def deployment_restart(*, deployment: Deployment) -> Deployment:
+    """Restarts the server (same revision); the adapter set comes back as it is."""
+    if deployment.desired != Deployment.Desired.RUNNING or deployment.status not in (
+        Deployment.Status.READY,
+        Deployment.Status.DEGRADED,
+        Deployment.Status.STARTING,
+    ):
+        raise DomainError("Only a running server can be restarted; start it instead.")
+    Deployment.objects.filter(pk=deployment.pk).update(restart_requested=True)
+    event_record(deployment=deployment, message="Restart requested.")
+    deployment.refresh_from_db()
+    return deployment
+
+
+def deployment_update(
+    *,
+    deployment: Deployment,
+    settings: dict | None = None,
+    extra_args: str | None = None,
+    extra_env: str | None = None,
+    allow_trust_remote_code: bool = False,
+) -> Deployment:
+    """Changes the server's arguments: a new revision, which the node redeploys.
+    Checked like a new deployment; refused changes leave everything as it was."""
+    options = dict(deployment.settings)
+    options.update({k: v for k, v in (settings or {}).items() if k in SETTING_KEYS and k != "device"})
+    options = {k: v for k, v in options.items() if v not in (None, "")}
+    extra_args = deployment.extra_args if extra_args is None else extra_args
+    extra_env = deployment.extra_env if extra_env is None else extra_env
+    try:
+        args = vllm_args.parse_extra_args(extra_args, allow_trust_remote_code=allow_trust_remote_code)
+        env = vllm_args.parse_env(extra_env, allow_trust_remote_code=allow_trust_remote_code)
+        attached = list(deployment.adapters.exclude(state=DeploymentAdapter.State.DETACHING).select_related("adapter"))
+        vllm_args.validate(server_spec(
+            name=deployment.name, device=deployment.device, indices=tuple(deployment.accelerator_indices),
+            options=options, model_path="/model", adapters=[(a.served_name, "/adapter", a.adapter.rank or 1) for a in attached],
+            host="127.0.0.1", port=8000, api_key="check", extra_args=args, extra_env=env,
+        ))  # fmt: skip
+    except vllm_args.ArgumentError as exc:
+        raise DomainError(str(exc)) from None
+    changed = [
+        k for k in sorted(set(options) | set(deployment.settings)) if options.get(k) != deployment.settings.get(k)
+    ]
+    changed += [
+        label
+        for label, old, new in (
+            ("extra arguments", deployment.extra_args, extra_args),
+            ("environment", deployment.extra_env, extra_env),
+        )
+        if old != new
+    ]
+    if not changed:
+        raise DomainError("Nothing changed.")
+    with transaction.atomic():
+        Deployment.objects.filter(pk=deployment.pk).update(
+            settings=options, extra_args=extra_args, extra_env=extra_env, revision=deployment.revision + 1
+        )
+        event_record(
+            deployment=deployment,
+            message=f"Revision {deployment.revision + 1}: changed {', '.join(changed)}; redeploying.",
+        )
+    deployment.refresh_from_db()
+    return deployment

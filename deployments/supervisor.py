@@ -103,6 +103,14 @@ class Supervisor:
         if not alive:
             self.start_or_restart(d, entries)
             return
+        if d.restart_requested or (d.launched_revision and d.launched_revision != d.revision):
+            reason = "Restart requested." if d.restart_requested else f"Redeploying revision {d.revision}."
+            self.terminate(d)
+            services.deployment_transition(
+                deployment=d, status=S.RESTARTING, reason=reason, pid=None, restart_requested=False,
+                failures=0, next_start_at=None,
+            )  # fmt: skip
+            return
         client = self.client(d)
         if d.status in (S.STARTING, S.RESTARTING, S.PENDING, S.FETCHING):
             if client.healthy():
@@ -215,6 +223,7 @@ class Supervisor:
             deployment=d, status=S.STARTING if d.status != S.RESTARTING else S.RESTARTING,
             reason=f"Started the server (pid {process.pid}) on port {port}.", pid=process.pid, port=port,
             started_at=timezone.now(), command=vllm_args.display(argv), log_path=str(log_path), next_start_at=None,
+            launched_revision=d.revision,
         )  # fmt: skip
 
     def terminate(self, d: Deployment) -> None:

@@ -13,6 +13,7 @@ urlpatterns = [
     path("deployments/<int:pk>/", views.deployment_detail, name="detail"),
     path("deployments/<int:pk>/stop/", views.deployment_stop, name="stop"),
     path("deployments/<int:pk>/start/", views.deployment_start, name="start"),
+    path("deployments/<int:pk>/restart/", views.deployment_restart, name="restart"),
     path("deployments/<int:pk>/delete/", views.deployment_delete, name="delete"),
     path("deployments/<int:pk>/attach/", views.adapter_attach, name="attach"),
     path("deployments/<int:pk>/adapters/<str:served_name>/detach/", views.adapter_detach, name="detach"),

@@ -57,6 +57,11 @@ def deployment_stop(request, pk):
 
 
 @require_POST
+def deployment_restart(request, pk):
+    return redirect(_act(request, pk, lambda d: services.deployment_restart(deployment=d)))
+
+
+@require_POST
 def deployment_start(request, pk):
     return redirect(_act(request, pk, lambda d: services.deployment_start(deployment=d)))
 

@@ -34,7 +34,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
         model = Deployment
         fields = [
             "id", "workspace", "name", "base", "base_name", "node", "device", "accelerator_indices", "runtime",
-            "settings", "extra_args", "extra_env", "revision", "desired", "status", "status_reason", "port",
+            "settings", "extra_args", "extra_env", "revision", "launched_revision", "desired", "status", "status_reason", "port",
             "base_url", "pid", "command", "failures", "started_at", "ready_at", "created_at", "adapters",
         ]  # fmt: skip
         read_only_fields = fields
@@ -66,3 +66,9 @@ class DeploymentCreateSerializer(serializers.Serializer):
     settings = serializers.DictField(required=False, default=dict)
     extra_args = serializers.CharField(required=False, allow_blank=True, default="")
     extra_env = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class DeploymentUpdateSerializer(serializers.Serializer):
+    settings = serializers.DictField(required=False)
+    extra_args = serializers.CharField(required=False, allow_blank=True)
+    extra_env = serializers.CharField(required=False, allow_blank=True)

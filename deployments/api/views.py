@@ -13,12 +13,15 @@ from deployments.api.serializers import (
     DeploymentCreateSerializer,
     DeploymentDetailSerializer,
     DeploymentSerializer,
+    DeploymentUpdateSerializer,
 )
 from deployments.models import Deployment
 from registry.models import Artifact
 
 
 class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
     """Deployments. Creating, starting, stopping and attaching answer 202:
     poll the deployment until `status` says what came of it."""
 
@@ -62,6 +65,22 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
             user=request.user,
         )  # fmt: skip
         return Response(DeploymentSerializer(deployment).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=DeploymentUpdateSerializer, responses={202: DeploymentSerializer})
+    def partial_update(self, request, pk=None):
+        """Changes settings, extra arguments or environment: a new revision, which the node redeploys."""
+        serializer = DeploymentUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        deployment = services.deployment_update(
+            deployment=self._writable(), **serializer.validated_data,
+            allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
+        )  # fmt: skip
+        return Response(DeploymentSerializer(deployment).data, status=202)
+
+    @extend_schema(request=None, responses={202: DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def restart(self, request, pk=None):
+        return Response(DeploymentSerializer(services.deployment_restart(deployment=self._writable())).data, status=202)
 
     def destroy(self, request, pk=None):
         services.deployment_delete(deployment=self._writable())

@@ -161,3 +161,43 @@ def test_a_viewer_or_an_outsider_cannot_deploy(cast, demo):
     assert deploy(api_as(cast.viewer), demo).status_code == 403
     assert deploy(api_as(cast.outsider), demo).status_code == 404
     assert not Deployment.objects.exists()
+
+
+def test_changing_arguments_makes_a_new_revision_and_refusals_change_nothing(cast, demo):
+    api = api_as(cast.member)
+    pk = deploy(api, demo).json()["id"]
+
+    refused_change = api.patch(f"/api/v1/deployments/{pk}/", {"extra_args": "--host 0.0.0.0"}, format="json")
+    assert refused_change.status_code == 400 and "--host" in refused_change.json()["detail"]
+    assert (
+        api.patch(f"/api/v1/deployments/{pk}/", {"extra_args": ""}, format="json").json()["detail"]
+        == "Nothing changed."
+    )
+    assert Deployment.objects.get(pk=pk).revision == 1
+
+    changed = api.patch(f"/api/v1/deployments/{pk}/", {"settings": {"max_model_len": 1024}}, format="json")
+    assert changed.status_code == 202 and changed.json()["revision"] == 2
+    assert changed.json()["settings"]["max_model_len"] == 1024
+    assert "Revision 2: changed max_model_len; redeploying." in [
+        e["message"] for e in api.get(f"/api/v1/deployments/{pk}/").json()["events"]
+    ]
+
+
+def test_only_a_running_server_can_be_restarted(cast, demo):
+    api = api_as(cast.member)
+    pk = deploy(api, demo).json()["id"]
+
+    response = api.post(f"/api/v1/deployments/{pk}/restart/")
+
+    assert response.status_code == 400 and "start it instead" in response.json()["detail"]
+    assert not Deployment.objects.get(pk=pk).restart_requested
+
+
+def test_the_cluster_page_shows_what_runs_on_each_accelerator_to_its_workspace_only(cast, demo, client):
+    deploy(api_as(cast.member), demo)
+
+    client.force_login(cast.member)
+    assert ">demo</a> (pending)" in client.get("/cluster/").content.decode()
+    client.force_login(cast.outsider)
+    page = client.get("/cluster/").content.decode()
+    assert "a deployment of another workspace" in page and ">demo</a>" not in page

@@ -119,6 +119,19 @@ def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, no_stray_ser
     assert (deployment.pid, deployment.status) == (pid, "ready"), "the server was adopted, not restarted"
     assert "Paris" in ask(deployment, "demo")
 
+    # Changing the arguments makes a new revision, which the node redeploys with the same adapters.
+    changed = api.patch(f"/api/v1/deployments/{pk}/", {"extra_args": "--max-num-seqs 8"}, format="json")
+    assert changed.status_code == 202 and changed.json()["revision"] == 2
+    wait_for(
+        lambda: Deployment.objects.get(pk=pk).launched_revision == 2 and status() == "ready",
+        timeout=300,
+        every=1,
+        what="revision 2",
+    )
+    deployment = Deployment.objects.get(pk=pk)
+    assert deployment.pid != pid and "--max-num-seqs 8" in deployment.command
+    assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}
+
     port = deployment.port
     assert api.post(f"/api/v1/deployments/{pk}/stop/").status_code == 202
     wait_for(lambda: status() == "stopped", timeout=60, what="the stop")
