@@ -26,6 +26,14 @@ def event_record(*, deployment: Deployment, message: str, status: str = "") -> D
     return DeploymentEvent.objects.create(deployment=deployment, status=status, message=message)
 
 
+def _nudge(deployment: Deployment) -> None:
+    """Once the change is committed, wakes the supervisor on the deployment's node."""
+    from deployments.tasks import reconcile_now
+
+    queue = deployment.node.queue
+    transaction.on_commit(lambda: reconcile_now.apply_async(queue=queue, expires=30))
+
+
 def deployment_transition(*, deployment: Deployment, status: str, reason: str, **fields) -> Deployment:
     """Moves a deployment to `status` (recording an event when it changes) and saves `fields` with it."""
     changed = deployment.status != status
@@ -150,6 +158,7 @@ def deployment_create(
             event_record(
                 deployment=deployment, status=Deployment.Status.PENDING, message=f"Deployed {base.name} on {node.name}."
             )
+            _nudge(deployment)
     except IntegrityError:
         raise DomainError(f"A deployment named “{name}” already exists; model ids must be unique.") from None
     return deployment
@@ -252,6 +261,7 @@ def adapter_attach(*, deployment: Deployment, adapter: Artifact, served_name: st
         raise DomainError(f"{adapter.name} is already attached.")
     attached = DeploymentAdapter.objects.create(deployment=deployment, adapter=adapter, served_name=name)
     event_record(deployment=deployment, message=f"Attaching {adapter.name} as {attached.model_id}.")
+    _nudge(deployment)
     return attached
 
 
@@ -259,6 +269,7 @@ def adapter_detach(*, attached: DeploymentAdapter) -> None:
     """Marks an adapter to be unloaded from the live server; the supervisor unloads it and forgets it."""
     DeploymentAdapter.objects.filter(pk=attached.pk).update(state=DeploymentAdapter.State.DETACHING)
     event_record(deployment=attached.deployment, message=f"Detaching {attached.model_id}.")
+    _nudge(attached.deployment)
 
 
 def deployment_stop(*, deployment: Deployment) -> Deployment:
@@ -266,6 +277,7 @@ def deployment_stop(*, deployment: Deployment) -> Deployment:
     if deployment.desired == Deployment.Desired.STOPPED:
         raise DomainError("It is already stopped or stopping.")
     Deployment.objects.filter(pk=deployment.pk).update(desired=Deployment.Desired.STOPPED)
+    _nudge(deployment)
     return deployment_transition(deployment=deployment, status=Deployment.Status.STOPPING, reason="Stop requested.")
 
 
@@ -275,6 +287,7 @@ def deployment_start(*, deployment: Deployment) -> Deployment:
     Deployment.objects.filter(pk=deployment.pk).update(
         desired=Deployment.Desired.RUNNING, failures=0, next_start_at=None
     )
+    _nudge(deployment)
     return deployment_transition(deployment=deployment, status=Deployment.Status.PENDING, reason="Start requested.")
 
 
@@ -299,6 +312,7 @@ def deployment_restart(*, deployment: Deployment) -> Deployment:
         raise DomainError("Only a running server can be restarted; start it instead.")
     Deployment.objects.filter(pk=deployment.pk).update(restart_requested=True)
     event_record(deployment=deployment, message="Restart requested.")
+    _nudge(deployment)
     deployment.refresh_from_db()
     return deployment
 
@@ -350,5 +364,6 @@ def deployment_update(
             deployment=deployment,
             message=f"Revision {deployment.revision + 1}: changed {', '.join(changed)}; redeploying.",
         )
+        _nudge(deployment)
     deployment.refresh_from_db()
     return deployment

@@ -33,6 +33,7 @@ MAX_FAILURES = 5  # crashes in a row before a deployment is marked failed
 START_TIMEOUT = timedelta(minutes=10)
 LOG_TAIL_LINES = 40
 S = Deployment.Status
+BUSY = (S.PENDING, S.FETCHING, S.STARTING, S.RESTARTING, S.STOPPING)
 
 
 def process_alive(pid: int | None) -> bool:
@@ -77,15 +78,23 @@ class Supervisor:
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def tick(self) -> None:
+    def tick(self) -> bool:
+        """Reconciles every deployment of the node; returns whether one is in the middle of a change."""
         node = Node.objects.filter(name=self.node_name).first()
         if node is None:
-            return
+            return False
         for deployment in Deployment.objects.filter(node=node).select_related("base", "node"):
             try:
                 self.reconcile(deployment)
             except Exception:
                 log.exception("reconciling %s failed", deployment.name)
+        return (
+            Deployment.objects.filter(node=node, status__in=BUSY).exists()
+            or DeploymentAdapter.objects.filter(deployment__node=node)
+            .exclude(state=DeploymentAdapter.State.LOADED)
+            .exclude(state=DeploymentAdapter.State.FAILED)
+            .exists()
+        )
 
     def reconcile(self, d: Deployment) -> None:
         alive = process_alive(d.pid)
