@@ -144,23 +144,63 @@ def wait_for_no_other_server(marker: str, *, timeout: float = 900) -> None:
 
 
 class Watcher(threading.Thread):
-    """Notes, twice a second, every vLLM server on this host that is not this run's: a server someone
-    else starts mid-measurement (a test) shares the two cores and spoils that round."""
+    """Looks at every process twice a second and notes what is not this run's: vLLM servers someone else
+    started (a test), and the CPU time other processes used. This host has two cores; anything else busy
+    during a round (a test suite, an install) slows one side more than the other and spoils the round.
 
-    def __init__(self, marker: str) -> None:
-        super().__init__(name="foreign-vllm-watcher", daemon=True)
+    This run's processes are those in `own_groups` (this script's and the node agent's process groups) and
+    the process groups of every process whose command line holds `marker` (this run's folder: its vLLM
+    servers, its Redis)."""
+
+    def __init__(self, marker: str, own_groups: set[int]) -> None:
+        super().__init__(name="foreign-load-watcher", daemon=True)
         self.marker = marker
-        self.sightings: list[tuple[float, tuple[int, ...]]] = []
+        self.own_groups = own_groups
+        self.sightings: list[tuple[float, tuple[int, ...]]] = []  # (when, foreign vLLM server pids)
+        self.cpu: list[tuple[float, float]] = []  # (when, CPU-s others used since the previous look)
         self.stopping = threading.Event()
+        self._ticks: dict[int, int] | None = None  # pid: CPU ticks, every process, at the previous look
+        self._marked: set[int] = set()
+        self._hz = os.sysconf("SC_CLK_TCK")
 
     def run(self) -> None:
         while not self.stopping.wait(0.5):
-            others = vllm_servers(self.marker, foreign=True)
-            if others:
-                self.sightings.append((time.monotonic(), tuple(sorted(others))))
+            try:
+                self.look()
+            except Exception as exc:  # a measurement aid must not stop the measurement
+                log(f"the load watcher failed: {exc}")
+                return
+
+    def look(self) -> None:
+        procs: dict[int, tuple[int, int, str]] = {}  # pid: (process group, CPU ticks, command line)
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError):
+                continue
+            procs[int(entry.name)] = (int(fields[2]), int(fields[11]) + int(fields[12]), cmdline)
+        # A group stays this run's once seen with the marker: a vLLM engine process outlives its API server.
+        self._marked |= {group for group, _, cmd in procs.values() if self.marker in cmd}
+        mine = set(self.own_groups) | self._marked
+        now = time.monotonic()
+        others = tuple(sorted(p for p, (g, _, cmd) in procs.items() if VLLM_ENTRYPOINT in cmd and g not in mine))
+        if others:
+            self.sightings.append((now, others))
+        ticks = {pid: t for pid, (_, t, _) in procs.items()}
+        if self._ticks is not None:
+            # A process not there at the previous look started since: all its time is new.
+            used = sum(max(0, t - self._ticks.get(pid, 0)) for pid, t in ticks.items() if procs[pid][0] not in mine)
+            self.cpu.append((now, used / self._hz))
+        self._ticks = ticks
 
     def seen_between(self, start: float, end: float) -> set[int]:
         return {pid for at, pids in list(self.sightings) if start <= at <= end for pid in pids}
+
+    def cpu_between(self, start: float, end: float) -> float:
+        return sum(used for at, used in list(self.cpu) if start <= at <= end)
 
 
 LOCK_RETRIES: list[str] = []  # what had to be retried because SQLite said "database is locked"
@@ -378,18 +418,26 @@ class Bench:
         health_seen = None
         session = None
         deadline = t0 + START_TIMEOUT
+        last_read = 0.0
         while True:
-            d = Deployment.objects.select_related("node", "base").get(pk=d.pk)
-            if d.status == Deployment.Status.READY:
-                break
-            if d.status == Deployment.Status.FAILED or time.monotonic() > deadline:
-                raise Abort(
-                    f"{name} did not become ready ({d.status}: {d.status_reason}); log:\n{tail(Path(d.log_path))}"
-                )
+            # Status every 0.05 s, except while the server is starting: then /health every 0.05 s, as on the bare
+            # side, and the status once a second (it cannot be ready before /health answers; this catches a crash).
+            # Reading the database 20 times a second costs this script ~0.8 CPU-s over a start on two cores.
+            starting = d.port and health_seen is None
+            if not starting or time.monotonic() - last_read >= 1:
+                d = Deployment.objects.select_related("node", "base").get(pk=d.pk)
+                last_read = time.monotonic()
+                if d.status == Deployment.Status.READY:
+                    break
+                if d.status in (Deployment.Status.FAILED, Deployment.Status.RESTARTING) or time.monotonic() > deadline:
+                    raise Abort(
+                        f"{name} did not become ready ({d.status}: {d.status_reason}); log:\n{tail(Path(d.log_path))}"
+                    )
             if d.port and health_seen is None:
                 session = session or session_for(unseal(d.encrypted_api_key)["api_key"])
                 if healthy(session, d.base_url):
                     health_seen = time.monotonic()
+                    continue  # read the status at once
             time.sleep(POLL)
         ready_seen = time.monotonic()
         result["deploy_to_ready"] = ready_seen - t0
@@ -598,20 +646,20 @@ class Bench:
 
 
 def report_runs(runs: list[dict]) -> None:
-    header = f"{'round':>5} {'order':<14} {'console ready':>13} {'bare healthy':>12} {'overhead':>8} {'attach':>7} {'restart':>7} {'ratio':>6}"
+    header = f"{'round':>5} {'order':<14} {'console ready':>13} {'bare healthy':>12} {'overhead':>8} {'attach':>7} {'restart':>7} {'ratio':>6} {'others':>6}"
     print(header)
     for r in runs:
         overhead = r["console"]["deploy_to_ready"] - r["bare"]["to_healthy"]
         ratio = r["bare"]["restart"] / r["console"]["attach"]
         print(
             f"{r['round']:>5} {r['order']:<14} {r['console']['deploy_to_ready']:>13.2f} {r['bare']['to_healthy']:>12.2f} "
-            f"{overhead:>8.2f} {r['console']['attach']:>7.2f} {r['bare']['restart']:>7.2f} {ratio:>6.1f}"
+            f"{overhead:>8.2f} {r['console']['attach']:>7.2f} {r['bare']['restart']:>7.2f} {ratio:>6.1f} {r.get('foreign_cpu', 0):>6.2f}"
         )
 
 
 def report(runs: list[dict]) -> bool:
     print()
-    print("Runs (seconds):")
+    print("Runs (seconds; others: cores that other processes on the host used on average during the round):")
     report_runs(runs)
     med = statistics.median
     console = med(r["console"]["deploy_to_ready"] for r in runs)
@@ -629,7 +677,7 @@ def report(runs: list[dict]) -> bool:
     print("CPU seconds used during the start, besides vLLM's (per round; 2 cores, vLLM binds core 0):")
     for label, side, key in (("node agent, console side", "console", "cpu_agent"),
                              ("node agent, bare side (idle agent)", "bare", "cpu_agent"),
-                             ("this script, console side (polls DB + /health)", "console", "cpu_bench"),
+                             ("this script, console side (polls DB, /health)", "console", "cpu_bench"),
                              ("this script, bare side (polls /health)", "bare", "cpu_bench")):  # fmt: skip
         values = [r[side][key] for r in runs]
         print(f"  {label:<52} " + "  ".join(f"{v:6.2f}" for v in values) + f"   median {med(values):.2f}")
@@ -686,6 +734,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2, help="console/bare pairs, alternating which goes first (2)")
     parser.add_argument("--attaches", type=int, default=5, help="attach samples per round, detaching between (5)")
+    parser.add_argument(
+        "--max-foreign-load",
+        type=float,
+        default=0.1,
+        help="a round during which other processes use more cores than this on average is run again (0.1)",
+    )
     parser.add_argument("--retries", type=int, default=2, help="extra rounds allowed for spoiled ones (2)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, database) afterwards")
     parser.add_argument("--no-warmup", action="store_true", help="skip importing vLLM once before measuring")
@@ -711,15 +765,16 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, terminate)
     bench = Bench(tmp, attaches=args.attaches)
-    watcher = Watcher(str(bench.cache_dir))
+    watcher = Watcher(str(tmp), {os.getpgrp()})
     runs: list[dict] = []  # clean rounds
-    spoiled: list[dict] = []  # rounds during which someone else's vLLM server ran
+    spoiled: list[dict] = []  # rounds disturbed by someone else's vLLM server or other load
     try:
         bench.setup()
         bench.start_agent()
         bench.warm_cache()
         if not args.no_warmup:
             bench.warm_runtime()
+        watcher.own_groups.add(bench.agent.pid)  # its own session: pid == process group
         watcher.start()
         attempt, last_deployment = 0, None
         while len(runs) < args.rounds and attempt < args.rounds + args.retries:
@@ -729,6 +784,7 @@ def main() -> int:
             console_first = last_deployment is None or attempt % 2 == 1
             order = "console, bare" if console_first else "bare, console"
             log(f"round {attempt}: {order}")
+            wait_for_no_other_server(str(bench.cache_dir))
             started = time.monotonic()
             if console_first:
                 console = bench.console_run(attempt)
@@ -742,9 +798,17 @@ def main() -> int:
                 log(f"  console: ready in {console['deploy_to_ready']:.2f} s, attach {console['attach']:.2f} s")
             last_deployment = console["deployment"]
             run = {"round": attempt, "order": order, "console": console, "bare": bare}
-            others = watcher.seen_between(started, time.monotonic())
+            ended = time.monotonic()
+            others = watcher.seen_between(started, ended)
+            run["foreign_cpu"] = watcher.cpu_between(started, ended) / (ended - started)
             if others:
                 log(f"  SPOILED: another vLLM server (pids {sorted(others)}) ran during this round; not counted")
+                spoiled.append(run)
+            elif run["foreign_cpu"] > args.max_foreign_load:
+                log(
+                    f"  SPOILED: other processes used {run['foreign_cpu']:.2f} of a core on average during this "
+                    f"round (limit {args.max_foreign_load}); not counted"
+                )
                 spoiled.append(run)
             else:
                 runs.append(run)
