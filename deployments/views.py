@@ -7,6 +7,7 @@ from django_htmx.http import HttpResponseStopPolling
 
 from accounts.access import can_write, get_for
 from config.errors import DomainError
+from config.views import confirm_delete
 from deployments import services
 from deployments.models import Deployment
 from registry.models import Artifact, Compatibility
@@ -68,16 +69,11 @@ def deployment_start(request, pk):
 
 def deployment_delete(request, pk):
     deployment = _deployment_for(request, pk, write=True)
-    if request.method == "POST":
-        try:
-            services.deployment_delete(deployment=deployment)
-        except DomainError as exc:
-            messages.error(request, exc.message)
-            return redirect(deployment)
-        messages.success(request, f"Deleted {deployment.name}.")
-        return redirect("deployments:list")
-    return render(
-        request, "registry/confirm_delete.html", {"object": deployment, "cancel": deployment.get_absolute_url()}
+    return confirm_delete(
+        request,
+        deployment,
+        delete=lambda: services.deployment_delete(deployment=deployment),
+        done_url="deployments:list",
     )
 
 

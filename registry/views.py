@@ -8,6 +8,7 @@ from django_htmx.http import HttpResponseStopPolling
 
 from accounts.access import can_write, get_for, workspace_for_write
 from config.errors import DomainError
+from config.views import confirm_delete
 from registry import selectors, services
 from registry.forms import ArtifactEditForm, ArtifactFilterForm, ArtifactForm, ConnectionForm
 from registry.models import Artifact, Connection
@@ -93,15 +94,9 @@ def artifact_edit(request, pk):
 
 def artifact_delete(request, pk):
     artifact = _artifact_for(request, pk, write=True)
-    if request.method == "POST":
-        try:
-            services.artifact_delete(artifact=artifact)
-        except DomainError as exc:
-            messages.error(request, exc.message)
-            return redirect(artifact)
-        messages.success(request, f"Deleted {artifact.name}.")
-        return redirect("registry:artifact_list")
-    return render(request, "registry/confirm_delete.html", {"object": artifact, "cancel": artifact.get_absolute_url()})
+    return confirm_delete(
+        request, artifact, delete=lambda: services.artifact_delete(artifact=artifact), done_url="registry:artifact_list"
+    )
 
 
 @require_POST
@@ -179,14 +174,9 @@ def connection_test(request, pk):
 
 def connection_delete(request, pk):
     connection = _connection_for(request, pk, write=True)
-    if request.method == "POST":
-        try:
-            services.connection_delete(connection=connection)
-        except DomainError as exc:
-            messages.error(request, exc.message)
-            return redirect(connection)
-        messages.success(request, f"Deleted {connection.name}.")
-        return redirect("registry:connection_list")
-    return render(
-        request, "registry/confirm_delete.html", {"object": connection, "cancel": connection.get_absolute_url()}
+    return confirm_delete(
+        request,
+        connection,
+        delete=lambda: services.connection_delete(connection=connection),
+        done_url="registry:connection_list",
     )

@@ -201,3 +201,16 @@ def test_the_cluster_page_shows_what_runs_on_each_accelerator_to_its_workspace_o
     client.force_login(cast.outsider)
     page = client.get("/cluster/").content.decode()
     assert "a deployment of another workspace" in page and ">demo</a>" not in page
+
+
+def test_deleting_asks_first_and_is_refused_until_the_deployment_has_stopped(cast, demo, client):
+    pk = deploy(api_as(cast.member), demo).json()["id"]
+    client.force_login(cast.member)
+    url = f"/deployments/{pk}/delete/"
+
+    assert b"Delete demo?" in client.get(url).content
+    refused_delete = client.post(url, follow=True)
+    assert b"Stop the deployment and wait until it has stopped" in refused_delete.content
+    Deployment.objects.filter(pk=pk).update(desired="stopped", status="stopped")
+    assert client.post(url)["Location"] == "/deployments/"
+    assert not Deployment.objects.filter(pk=pk).exists()

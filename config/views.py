@@ -1,0 +1,22 @@
+"""View helpers every app's pages share."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.shortcuts import redirect, render
+
+from config.errors import DomainError
+
+
+def confirm_delete(request, obj, *, delete, done_url):
+    """Asks before deleting `obj` (GET shows the confirmation page); on POST calls
+    `delete()` and goes to `done_url`, or back to the object with the refusal."""
+    if request.method != "POST":
+        return render(request, "registry/confirm_delete.html", {"object": obj, "cancel": obj.get_absolute_url()})
+    try:
+        delete()
+    except DomainError as exc:
+        messages.error(request, exc.message)
+        return redirect(obj)
+    messages.success(request, f"Deleted {obj}.")
+    return redirect(done_url)
