@@ -184,16 +184,15 @@ def artifact_fetch_run(*, cached_id: int, cache: ArtifactCache) -> CachedArtifac
             cache = ArtifactCache(cache.root, chunk_size=max(w.size for w in wanted) or 1, parallel=1)
         report = cache.fetch(cached.key, wanted, read, progress=progress, local_file=local_file)
     except FetchCancelled:
-        return _finish(cached_id, CachedArtifact.Status.CANCELLED, "Cancelled.", progress)
+        return _finish(cached_id, CachedArtifact.Status.CANCELLED, "Cancelled.")
     except (FetchError, SourceError, DomainError) as exc:
-        return _finish(cached_id, CachedArtifact.Status.FAILED, getattr(exc, "message", None) or str(exc), progress)
+        return _finish(cached_id, CachedArtifact.Status.FAILED, getattr(exc, "message", None) or str(exc))
     except Exception:
         log.exception("fetch %s failed unexpectedly", cached_id)
         return _finish(
             cached_id,
             CachedArtifact.Status.FAILED,
             "The fetch failed unexpectedly; see the node agent's log.",
-            progress,
         )
     # Make room before saying ready, so whoever waits for "ready" sees the cache within its quota.
     cache_evict(node=cached.node, cache=cache)
@@ -272,7 +271,7 @@ class _ProgressWriter:
             raise FetchCancelled()
 
 
-def _finish(cached_id: int, status: str, error: str, progress: _ProgressWriter) -> CachedArtifact:
+def _finish(cached_id: int, status: str, error: str) -> CachedArtifact:
     CachedArtifact.objects.filter(pk=cached_id).exclude(status=CachedArtifact.Status.CANCELLED).update(
         status=status, error=error, finished_at=timezone.now(), eta_seconds=None
     )

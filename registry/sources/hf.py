@@ -127,17 +127,20 @@ class HubSource(Source):
             raise SourceError(f"The repository {self.repo_id} has no files at {self.revision or 'its default branch'}.")
         return self.commit, files
 
-    def stream_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
-        # Pinned to the resolved commit, so every read sees the same content.
+    def _ranged_get(self, path: str, start: int, end: int):
+        """A streaming GET of bytes [start, end) of `path`, pinned to the resolved commit so every read sees
+        the same content (a context manager yielding the response)."""
         url = hf_hub_url(
             self.repo_id, path, revision=self.commit or self.revision, endpoint=endpoint_of(self.connection)
         )
-        headers = build_hf_headers(token=self.token or False)
-        headers["Range"] = f"bytes={start}-{end - 1}"
+        headers = build_hf_headers(token=self.token or False) | {"Range": f"bytes={start}-{end - 1}"}
+        return get_session().stream(
+            "GET", url, headers=headers, follow_redirects=True, timeout=settings.PLUGBOARD_SOURCE_TIMEOUT
+        )
+
+    def stream_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
         try:
-            with get_session().stream(
-                "GET", url, headers=headers, follow_redirects=True, timeout=settings.PLUGBOARD_SOURCE_TIMEOUT
-            ) as response:
+            with self._ranged_get(path, start, end) as response:
                 if response.status_code == 404:
                     raise SourceError(f"{path} is missing from {self.repo_id} on {endpoint_of(self.connection)}.")
                 if response.status_code not in (200, 206):
@@ -160,14 +163,8 @@ class HubSource(Source):
 
     def supports_ranges(self, path: str) -> bool:
         # Some mirrors ignore Range and send the whole file; asking for one byte tells.
-        url = hf_hub_url(
-            self.repo_id, path, revision=self.commit or self.revision, endpoint=endpoint_of(self.connection)
-        )
-        headers = build_hf_headers(token=self.token or False) | {"Range": "bytes=0-0"}
         try:
-            with get_session().stream(
-                "GET", url, headers=headers, follow_redirects=True, timeout=settings.PLUGBOARD_SOURCE_TIMEOUT
-            ) as response:
+            with self._ranged_get(path, 0, 1) as response:
                 return response.status_code == 206
         except Exception as exc:
             raise describe_error(exc, self.connection, repo_id=self.repo_id) from None
