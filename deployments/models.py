@@ -46,6 +46,9 @@ class Deployment(models.Model):
     revision = models.PositiveIntegerField(default=1)
     # The revision the running server was started with; a newer revision means "redeploy".
     launched_revision = models.PositiveIntegerField(null=True, blank=True)
+    # The node whose supervisor owns `pid` and `port`. It differs from `node`
+    # while a deployment moves: the old node stops its server, then clears it.
+    launched_node = models.ForeignKey(Node, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     restart_requested = models.BooleanField(default=False)
 
     desired = models.CharField(max_length=8, choices=Desired.choices, default=Desired.RUNNING)

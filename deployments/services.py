@@ -20,6 +20,9 @@ SETTING_KEYS = {
     "dtype", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "max_loras", "max_lora_rank",
     "max_cpu_loras", "enable_prefix_caching", "enforce_eager", "kv_cache_bytes", "cpu_threads", "device",
 }  # fmt: skip
+# Settings that mean nothing on the other kind of device: dropped when a deployment moves between them.
+GPU_ONLY = ("gpu_memory_utilization", "tensor_parallel_size")
+CPU_ONLY = ("cpu_threads",)
 
 
 def event_record(*, deployment: Deployment, message: str, status: str = "") -> DeploymentEvent:
@@ -28,9 +31,13 @@ def event_record(*, deployment: Deployment, message: str, status: str = "") -> D
 
 def _nudge(deployment: Deployment) -> None:
     """Once the change is committed, wakes the supervisor on the deployment's node."""
+    _nudge_node(deployment.node)
+
+
+def _nudge_node(node: Node) -> None:
     from deployments.tasks import reconcile_now
 
-    queue = deployment.node.queue
+    queue = node.queue
     transaction.on_commit(lambda: reconcile_now.apply_async(queue=queue, expires=30))
 
 
@@ -164,14 +171,16 @@ def deployment_create(
     return deployment
 
 
-def accelerator_states() -> list[placement.AcceleratorState]:
-    """Every accelerator as placement sees it: a GPU is busy while a deployment that should run holds it."""
+def accelerator_states(*, excluding: Deployment | None = None) -> list[placement.AcceleratorState]:
+    """Every accelerator as placement sees it: a GPU is busy while a deployment
+    that should run holds it (other than `excluding`, which is being moved)."""
     from cluster.models import Accelerator
 
     held: set[tuple[int, int]] = set()
-    for node_id, indices in Deployment.objects.filter(desired=Deployment.Desired.RUNNING, device="cuda").values_list(
-        "node_id", "accelerator_indices"
-    ):
+    holders = Deployment.objects.filter(desired=Deployment.Desired.RUNNING, device="cuda")
+    if excluding is not None:
+        holders = holders.exclude(pk=excluding.pk)
+    for node_id, indices in holders.values_list("node_id", "accelerator_indices"):
         held.update((node_id, i) for i in indices)
     return [
         placement.AcceleratorState(
@@ -323,21 +332,35 @@ def deployment_update(
     settings: dict | None = None,
     extra_args: str | None = None,
     extra_env: str | None = None,
+    node: Node | None = None,
+    accelerator_indices: list[int] | None = None,
     allow_trust_remote_code: bool = False,
 ) -> Deployment:
-    """Changes the server's arguments: a new revision, which the node redeploys.
-    Checked like a new deployment; refused changes leave everything as it was."""
-    options = dict(deployment.settings)
-    options.update({k: v for k, v in (settings or {}).items() if k in SETTING_KEYS and k != "device"})
-    options = {k: v for k, v in options.items() if v not in (None, "")}
+    """Changes the server's arguments or its resources (node, GPUs): a new
+    revision, which is redeployed. A deployment that moves to another node is
+    stopped on the old one first. Checked like a new deployment; refused
+    changes leave everything as it was."""
+    new_node = node or deployment.node
+    indices = list(deployment.accelerator_indices if accelerator_indices is None else accelerator_indices)
+    moved = new_node.pk != deployment.node_id or indices != list(deployment.accelerator_indices)
+    given = {k: v for k, v in (settings or {}).items() if k in SETTING_KEYS and k != "device"}
+    options = {k: v for k, v in {**deployment.settings, **given}.items() if v not in (None, "")}
     extra_args = deployment.extra_args if extra_args is None else extra_args
     extra_env = deployment.extra_env if extra_env is None else extra_env
+    attached = list(deployment.adapters.exclude(state=DeploymentAdapter.State.DETACHING).select_related("adapter"))
+    # Blank means the default, as at creation.
+    options.setdefault("max_lora_rank", vllm_args.default_max_lora_rank([a.adapter.rank or 1 for a in attached]))
+    device = deployment.device
+    if moved:
+        device, indices = _check_move(
+            deployment=deployment, node=new_node, indices=indices, options=options, given=given, adapters=len(attached)
+        )
+    options.setdefault("max_loras", vllm_args.default_max_loras(len(attached), device=device))
     try:
         args = vllm_args.parse_extra_args(extra_args, allow_trust_remote_code=allow_trust_remote_code)
         env = vllm_args.parse_env(extra_env, allow_trust_remote_code=allow_trust_remote_code)
-        attached = list(deployment.adapters.exclude(state=DeploymentAdapter.State.DETACHING).select_related("adapter"))
         vllm_args.validate(server_spec(
-            name=deployment.name, device=deployment.device, indices=tuple(deployment.accelerator_indices),
+            name=deployment.name, device=device, indices=tuple(indices),
             options=options, model_path="/model", adapters=[(a.served_name, "/adapter", a.adapter.rank or 1) for a in attached],
             host="127.0.0.1", port=8000, api_key="check", extra_args=args, extra_env=env,
         ))  # fmt: skip
@@ -349,6 +372,8 @@ def deployment_update(
     changed += [
         label
         for label, old, new in (
+            ("node", deployment.node.name, new_node.name),
+            ("GPUs", list(deployment.accelerator_indices), indices),
             ("extra arguments", deployment.extra_args, extra_args),
             ("environment", deployment.extra_env, extra_env),
         )
@@ -356,14 +381,66 @@ def deployment_update(
     ]
     if not changed:
         raise DomainError("Nothing changed.")
+    old_node = deployment.node
     with transaction.atomic():
         Deployment.objects.filter(pk=deployment.pk).update(
-            settings=options, extra_args=extra_args, extra_env=extra_env, revision=deployment.revision + 1
-        )
+            settings=options, extra_args=extra_args, extra_env=extra_env, revision=deployment.revision + 1,
+            node=new_node, device=device, accelerator_indices=indices,
+        )  # fmt: skip
+        where = f" on {new_node.name}" if new_node != old_node else ""
         event_record(
             deployment=deployment,
-            message=f"Revision {deployment.revision + 1}: changed {', '.join(changed)}; redeploying.",
+            message=f"Revision {deployment.revision + 1}: changed {', '.join(changed)}; redeploying{where}.",
+        )
+        deployment.refresh_from_db()
+        _nudge(deployment)
+        if new_node != old_node:
+            _nudge_node(old_node)
+    return deployment
+
+
+def _check_move(*, deployment: Deployment, node: Node, indices: list[int], options: dict, given: dict, adapters: int):
+    """Checks new resources as a new deployment's manual placement would be
+    checked, fitting `options` to the device found there; returns (device, indices)."""
+    if not node.is_online:
+        raise DomainError(f"The node {node.name} is offline: its agent has not reported for a while.")
+    states = accelerator_states(excluding=deployment)
+    device = _device_for(node, states)
+    for key in CPU_ONLY if device == "cuda" else GPU_ONLY:
+        options.pop(key, None)
+    if device == "cuda":
+        if given.get("tensor_parallel_size") is None:
+            options["tensor_parallel_size"] = max(1, len(indices))
+    else:
+        indices = []
+    if "max_loras" not in options or (device != deployment.device and "max_loras" not in given):
+        options["max_loras"] = vllm_args.default_max_loras(adapters, device=device)
+    need = memory_estimate(base=deployment.base, device=device, options=options)
+    try:
+        placement.check_manual(
+            states, node=node.name, indices=indices, device=device, need_bytes=need.needed,
+            gpu_memory_utilization=options.get("gpu_memory_utilization"),
+        )  # fmt: skip
+    except placement.PlacementError as exc:
+        raise DomainError(str(exc)) from None
+    return device, indices
+
+
+def deployment_release(*, deployment: Deployment, node: Node, reason: str) -> Deployment:
+    """Records that `node` no longer runs a server for a deployment that moved
+    away (its supervisor stopped it, or the node is offline): its cached
+    artifacts there are released and the node it moved to may start it."""
+    from cluster.models import CacheLease
+
+    with transaction.atomic():
+        CacheLease.objects.filter(holder=deployment.lease_holder, cached__node=node).delete()
+        status = (
+            Deployment.Status.RESTARTING
+            if deployment.desired == Deployment.Desired.RUNNING
+            else Deployment.Status.STOPPED
+        )
+        deployment = deployment_transition(
+            deployment=deployment, status=status, reason=reason, pid=None, port=None, launched_node=None
         )
         _nudge(deployment)
-    deployment.refresh_from_db()
     return deployment

@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from cluster import services as cluster_services
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 MAX_FAILURES = 5  # crashes in a row before a deployment is marked failed
 START_TIMEOUT = timedelta(minutes=10)
 LOG_TAIL_LINES = 40
+STOP_GRACE_SECONDS = 20
+STARTING_STOP_GRACE_SECONDS = 3
 S = Deployment.Status
 BUSY = (S.PENDING, S.FETCHING, S.STARTING, S.RESTARTING, S.STOPPING)
 
@@ -83,9 +86,11 @@ class Supervisor:
         node = Node.objects.filter(name=self.node_name).first()
         if node is None:
             return False
-        for deployment in Deployment.objects.filter(node=node).select_related("base", "node"):
+        # Also those that moved away while their server still runs here.
+        mine = Deployment.objects.filter(Q(node=node) | Q(launched_node=node))
+        for deployment in mine.select_related("base", "node", "launched_node"):
             try:
-                self.reconcile(deployment)
+                self.reconcile(deployment, here=node)
             except Exception:
                 log.exception("reconciling %s failed", deployment.name)
         return (
@@ -96,13 +101,35 @@ class Supervisor:
             .exists()
         )
 
-    def reconcile(self, d: Deployment) -> None:
+    def reconcile(self, d: Deployment, *, here: Node) -> None:
+        if d.node_id != here.pk:
+            # It moved to another node: stop its server here, then that node starts it.
+            if process_alive(d.pid):
+                self.terminate(d)
+            services.deployment_release(
+                deployment=d, node=here, reason=f"Stopped the server on {here.name}; it moves to {d.node.name}."
+            )
+            return
+        if d.launched_node_id not in (None, here.pk):
+            # It moved here; its server (pid, port) still belongs to the old node until that one stops it.
+            old = d.launched_node
+            if old.is_online:
+                if d.desired == Deployment.Desired.RUNNING and d.status != S.RESTARTING:
+                    services.deployment_transition(
+                        deployment=d, status=S.RESTARTING, reason=f"Waiting for {old.name} to stop the old server."
+                    )
+                return
+            d = services.deployment_release(
+                deployment=d, node=old, reason=f"{old.name} is offline; starting on {here.name} without waiting for it."
+            )
         alive = process_alive(d.pid)
         if d.desired == Deployment.Desired.STOPPED:
             if alive:
                 self.terminate(d)
             if d.status != S.STOPPED or d.pid or d.port:
-                services.deployment_transition(deployment=d, status=S.STOPPED, reason="Stopped.", pid=None, port=None)
+                services.deployment_transition(
+                    deployment=d, status=S.STOPPED, reason="Stopped.", pid=None, port=None, launched_node=None
+                )
             return
         if d.status == S.FAILED:
             return  # waits for a person: start it again once the cause is fixed
@@ -164,7 +191,7 @@ class Supervisor:
             else:
                 waiting.append(artifact)
         if d.base in waiting:
-            if d.status in (S.PENDING, S.FETCHING):
+            if d.status in (S.PENDING, S.FETCHING, S.RESTARTING) and not d.pid:
                 services.deployment_transition(
                     deployment=d, status=S.FETCHING, reason=f"Fetching {d.base.name} to {d.node.name}."
                 )
@@ -232,7 +259,7 @@ class Supervisor:
             deployment=d, status=S.STARTING if d.status != S.RESTARTING else S.RESTARTING,
             reason=f"Started the server (pid {process.pid}) on port {port}.", pid=process.pid, port=port,
             started_at=timezone.now(), command=vllm_args.display(argv), log_path=str(log_path), next_start_at=None,
-            launched_revision=d.revision,
+            launched_revision=d.revision, launched_node=d.node,
         )  # fmt: skip
 
     def terminate(self, d: Deployment) -> None:
@@ -240,11 +267,20 @@ class Supervisor:
             os.killpg(d.pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + 20
+        # A ready server gets time to finish the requests it holds. One still
+        # starting holds none, and vLLM was seen to sit out SIGTERM while it
+        # loads the model, so it gets SIGKILL sooner.
+        served = d.ready_at and d.started_at and d.ready_at >= d.started_at
+        grace = STOP_GRACE_SECONDS if served else STARTING_STOP_GRACE_SECONDS
+        deadline = time.monotonic() + grace
         while process_alive(d.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         if process_alive(d.pid):
             os.killpg(d.pid, signal.SIGKILL)
+            # Gone before this returns, so its port and memory are free for what comes next.
+            deadline = time.monotonic() + 5
+            while process_alive(d.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def client(self, d: Deployment) -> VllmClient:
         return VllmClient(d.base_url, unseal(d.encrypted_api_key)["api_key"], timeout=5)

@@ -11,6 +11,7 @@ urlpatterns = [
     path("deployments/new/", views.deploy_wizard, name="wizard_start"),
     path("deployments/new/<str:step>/", views.deploy_wizard, name="wizard"),
     path("deployments/<int:pk>/", views.deployment_detail, name="detail"),
+    path("deployments/<int:pk>/edit/", views.deployment_edit, name="edit"),
     path("deployments/<int:pk>/stop/", views.deployment_stop, name="stop"),
     path("deployments/<int:pk>/start/", views.deployment_start, name="start"),
     path("deployments/<int:pk>/restart/", views.deployment_restart, name="restart"),

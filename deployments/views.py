@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings as django_settings
 from django.contrib import messages
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -9,6 +10,7 @@ from accounts.access import can_write, get_for
 from config.errors import DomainError
 from config.views import confirm_delete
 from deployments import services
+from deployments.forms import DeploymentEditForm
 from deployments.models import Deployment
 from registry.models import Artifact, Compatibility
 
@@ -41,6 +43,26 @@ def deployment_detail(request, pk):
         "can_write": can_write(request.user, deployment.workspace),
     }
     return render(request, "deployments/deployment_detail.html", context)
+
+
+def deployment_edit(request, pk):
+    """Arguments and resources; saving makes a new revision, which the node redeploys."""
+    deployment = _deployment_for(request, pk, write=True)
+    form = DeploymentEditForm(request.POST or None, initial=DeploymentEditForm.initial_for(deployment))
+    if request.method == "POST" and form.is_valid():
+        try:
+            deployment = services.deployment_update(
+                deployment=deployment, **form.update_arguments(),
+                allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
+            )  # fmt: skip
+        except DomainError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(
+                request, f"Saved as revision {deployment.revision}: redeploying on {deployment.node.name}."
+            )
+            return redirect(deployment)
+    return render(request, "deployments/deployment_edit.html", {"deployment": deployment, "form": form})
 
 
 def _act(request, pk, action) -> Deployment:
@@ -170,9 +192,15 @@ def deploy_wizard(request, step: str = "base"):
         context["rows"] = wizard.adapter_rows(base, data)
     elif step == "resources":
         context["preflight"] = wizard.preflight(data, base)
+    elif step == "server":
+        try:
+            context["node"], _, _ = wizard.resolve_placement(data, base)
+        except DomainError as exc:
+            context["error"] = context["error"] or exc.message
     elif step == "review":
         try:
             context["preview"] = wizard.command_preview(data, base)
+            context["node"], _, context["indices"] = wizard.resolve_placement(data, base)
             context["adapters"] = wizard.chosen_adapters(data)
         except DomainError as exc:
             context["error"] = exc.message

@@ -120,24 +120,18 @@ class ServerForm(StyledForm):
     )
 
     def clean_extra_args(self):
-        try:
-            vllm_args.parse_extra_args(
-                self.cleaned_data["extra_args"],
-                allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
-            )
-        except vllm_args.ArgumentError as exc:
-            raise forms.ValidationError(str(exc)) from None
-        return self.cleaned_data["extra_args"]
+        return self._checked("extra_args", vllm_args.parse_extra_args)
 
     def clean_extra_env(self):
+        return self._checked("extra_env", vllm_args.parse_env)
+
+    def _checked(self, name: str, parse) -> str:
+        """The field's text, once `parse` accepts it (it refuses managed flags and variables)."""
         try:
-            vllm_args.parse_env(
-                self.cleaned_data["extra_env"],
-                allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
-            )
+            parse(self.cleaned_data[name], allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE)
         except vllm_args.ArgumentError as exc:
             raise forms.ValidationError(str(exc)) from None
-        return self.cleaned_data["extra_env"]
+        return self.cleaned_data[name]
 
 
 def chosen_adapters(data: dict) -> list[tuple[Artifact, str]]:

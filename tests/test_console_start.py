@@ -137,6 +137,7 @@ def test_the_wizard_deploys_the_demo_model_with_adapters_and_the_page_shows_it_r
     page.get_by_role("button", name="Next").click()
     assert page.locator('tr[data-fits="true"]').count() >= 1, "the local CPU fits the demo model"
     page.get_by_role("button", name="Next").click()
+    assert "vLLM 0.32.0" in page.locator("#runtimes").inner_text(), "the runtime installed on the node"
     page.get_by_role("button", name="Next").click()
     assert "demo:pirate" in page.locator("#command").inner_text()
     page.get_by_role("button", name="Deploy", exact=True).click()
@@ -145,5 +146,17 @@ def test_the_wizard_deploys_the_demo_model_with_adapters_and_the_page_shows_it_r
     assert page.locator('[data-adapter="pirate"][data-state="loaded"]').count() == 1
     assert page.locator('[data-adapter="json-answer"][data-state="loaded"]').count() == 1
     page.on("dialog", lambda dialog: dialog.accept())
+
+    # Editing an argument redeploys it as revision 2, adapters and all.
+    page.get_by_role("link", name="Edit").click()
+    page.fill("#id_max_model_len", "1024")
+    page.get_by_role("button", name="Save and redeploy").click()
+    assert "Saved as revision 2" in page.locator("body").inner_text()
+    page.locator('#live [data-status="restarting"]').wait_for(timeout=60_000)
+    page.locator('#live [data-status="ready"]').wait_for(timeout=240_000)
+    page.reload()
+    assert "--max-model-len 1024" in page.locator("#command-line").inner_text()
+    assert page.locator('[data-adapter="pirate"][data-state="loaded"]').count() == 1
+
     page.get_by_role("button", name="Stop").click()
     page.locator('#live [data-status="stopped"]').wait_for(timeout=60_000)

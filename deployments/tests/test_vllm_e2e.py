@@ -1,7 +1,7 @@
 """End to end with the real vLLM CPU runtime and the demo model, through the
 REST API and a real node agent: deploy with two adapters, hear each adapter
 answer as trained, attach and detach a third without a restart, survive a
-SIGKILL of the server, and stop."""
+SIGKILL of the server, move to another node with new arguments, and stop."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import time
 import pytest
 import requests
 
-from cluster.models import Node
+from cluster.models import CacheLease, Node
 from conftest import DEMO_STORE
 from deployments.models import Deployment
+from deployments.supervisor import process_alive
 from registry.demo import DEMO_BASE, demo_register
 from registry.tests.test_api import api_as
 from registry.vault import unseal
@@ -119,18 +120,28 @@ def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, no_stray_ser
     assert (deployment.pid, deployment.status) == (pid, "ready"), "the server was adopted, not restarted"
     assert "Paris" in ask(deployment, "demo")
 
-    # Changing the arguments makes a new revision, which the node redeploys with the same adapters.
-    changed = api.patch(f"/api/v1/deployments/{pk}/", {"extra_args": "--max-num-seqs 8"}, format="json")
-    assert changed.status_code == 202 and changed.json()["revision"] == 2
+    # Changing the arguments and the node makes a new revision: the first node stops its
+    # server, the second fetches the artifacts and starts it, with the same adapters.
+    agents("cpu-node-2")
+    changed = api.patch(
+        f"/api/v1/deployments/{pk}/", {"node": "cpu-node-2", "extra_args": "--max-num-seqs 8"}, format="json"
+    )
+    assert changed.status_code == 202, changed.content
+    assert (changed.json()["revision"], changed.json()["node"]) == (2, "cpu-node-2")
     wait_for(
         lambda: Deployment.objects.get(pk=pk).launched_revision == 2 and status() == "ready",
         timeout=300,
         every=1,
-        what="revision 2",
+        what="revision 2 on cpu-node-2",
     )
     deployment = Deployment.objects.get(pk=pk)
+    assert deployment.launched_node.name == "cpu-node-2" and not process_alive(pid), "the old server stopped"
     assert deployment.pid != pid and "--max-num-seqs 8" in deployment.command
     assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}
+    assert "Arr" in ask(deployment, "demo:pirate")
+    messages = [e.message for e in deployment.events.all()]
+    assert any("Stopped the server on cpu-node; it moves to cpu-node-2" in m for m in messages), messages
+    assert not CacheLease.objects.filter(holder=deployment.lease_holder, cached__node__name="cpu-node").exists()
 
     port = deployment.port
     assert api.post(f"/api/v1/deployments/{pk}/stop/").status_code == 202

