@@ -22,6 +22,21 @@ from django.conf import settings
 from registry.sources.base import CHUNK, RemoteFile, Source, SourceError
 from registry.vault import unseal
 
+# Under SSE-KMS, S3's ETag is not the MD5 of the object's bytes: it still tells
+# a changed object from the one registered, but cannot verify a download.
+OPAQUE_ETAG_ENCRYPTION = ("aws:kms", "aws:kms:dsse")
+
+
+def _remote_file(path: str, head: dict) -> RemoteFile:
+    """The manifest entry for an object, from its HEAD answer."""
+    verifiable = head.get("ServerSideEncryption") not in OPAQUE_ETAG_ENCRYPTION
+    return RemoteFile(
+        path=path,
+        size=head["ContentLength"],
+        checksum=head["ETag"].strip('"'),
+        checksum_kind="etag" if verifiable else "",
+    )
+
 
 def _ca_bundle_path(pem: str) -> str:
     # boto3 wants a file: keep one per distinct bundle under VAR_DIR.
@@ -123,21 +138,20 @@ class S3Source(Source):
         self.client = client_for(connection)
 
     def resolve(self) -> tuple[str, list[RemoteFile]]:
-        files = []
+        paths = []
         try:
             paginator = self.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
                 for obj in page.get("Contents", []):
                     rel = obj["Key"][len(self.prefix) :]
-                    if not rel or rel.endswith("/"):
-                        continue  # folder markers
-                    files.append(
-                        RemoteFile(path=rel, size=obj["Size"], checksum=obj["ETag"].strip('"'), checksum_kind="etag")
-                    )
+                    if rel and not rel.endswith("/"):  # not a folder marker
+                        paths.append(rel)
         except Exception as exc:
             raise describe_error(exc, self.connection, key=self.prefix) from None
-        if not files:
+        if not paths:
             raise SourceError(f"Nothing found at s3://{self.bucket}/{self.prefix}: no object has that prefix.")
+        # A listing does not say how an object is encrypted, which decides what its ETag is worth: a HEAD does.
+        files = [self.current(path) for path in paths]
         stamp = hashlib.sha256("".join(f"{f.path}\0{f.checksum}\n" for f in files).encode())
         return "etags:" + stamp.hexdigest()[:16], files
 
@@ -159,4 +173,4 @@ class S3Source(Source):
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
             raise describe_error(exc, self.connection, key=key) from None
-        return RemoteFile(path=path, size=head["ContentLength"], checksum=head["ETag"].strip('"'), checksum_kind="etag")
+        return _remote_file(path, head)

@@ -178,3 +178,38 @@ def test_pickle_weights_pass_when_an_administrator_allows_them(cast, s3_server, 
     artifact = register_and_inspect(cast.team, store, name="legacy", kind="base", location="legacy")
 
     assert artifact.status == "ready", artifact.problems
+
+
+def test_an_object_under_sse_kms_is_checked_by_size_as_its_etag_is_no_md5(cast, s3_server, store, tmp_path):
+    from cluster import services as cluster_services
+    from cluster.cache import ArtifactCache
+    from cluster.inventory import Inventory
+
+    files = build.base_model_files()
+    s3_server.put_files("models", "sealed", {"config.json": files["config.json"]})
+    s3_server.client().put_object(
+        Bucket="models", Key="sealed/model.safetensors", Body=files["model.safetensors"], ServerSideEncryption="aws:kms"
+    )
+
+    artifact = register_and_inspect(cast.team, store, name="sealed", kind="base", location="sealed")
+
+    assert artifact.status == "ready", artifact.problems
+    manifest = {f.path: f for f in artifact.files.all()}
+    assert manifest["config.json"].checksum_kind == "etag"
+    weights = manifest["model.safetensors"]
+    assert weights.checksum_kind == "" and weights.checksum, "the ETag is kept to notice a changed object"
+
+    node = cluster_services.node_register(
+        name="n", address="127.0.0.1", cache_dir=str(tmp_path), cache_quota_bytes=2**30
+    )
+    cache = ArtifactCache(tmp_path / "cache")
+    node = cluster_services.node_report(
+        node=node,
+        inventory=Inventory(hostname="n", cpu_count=1, memory_total_bytes=1, memory_available_bytes=1),
+        cache=cache,
+    )
+    cached = cluster_services.artifact_fetch_request(artifact=artifact, node=node)
+    fetched = cluster_services.artifact_fetch_run(cached_id=cached.pk, cache=cache)
+
+    assert fetched.status == "ready", fetched.error
+    assert fetched.unverified == ["model.safetensors"]
