@@ -439,8 +439,11 @@ def deployment_release(*, deployment: Deployment, node: Node, reason: str) -> De
             if deployment.desired == Deployment.Desired.RUNNING
             else Deployment.Status.STOPPED
         )
+        unchanged = deployment.status == status  # the new node may have marked it restarting already
         deployment = deployment_transition(
             deployment=deployment, status=status, reason=reason, pid=None, port=None, launched_node=None
         )
+        if unchanged:
+            event_record(deployment=deployment, message=reason)  # the timeline shows the hand-over either way
         _nudge(deployment)
     return deployment

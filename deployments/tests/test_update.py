@@ -165,6 +165,7 @@ def test_the_old_node_stops_the_server_and_releases_it_before_the_new_one_starts
     assert not process_alive(stand_in_server.pid)
     assert (deployment.pid, deployment.port, deployment.launched_node) == (None, None, None)
     assert deployment.status_reason == "Stopped the server on cpu-1; it moves to cpu-2."
+    assert "Stopped the server on cpu-1; it moves to cpu-2." in messages_of(deployment), "on the timeline too"
     assert not CacheLease.objects.filter(holder=deployment.lease_holder).exists()
 
     new.tick()  # now it fetches there, to start
