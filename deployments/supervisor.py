@@ -56,6 +56,26 @@ def process_alive(pid: int | None) -> bool:
         return False
 
 
+def group_alive(pgid: int | None) -> bool:
+    """Whether any process of the server's process group (the server and the
+    engine processes it forked) still runs; zombies do not count."""
+    if not pgid:
+        return False
+    if process_alive(pgid):  # reaps the leader if it is our child
+        return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                state, _ppid, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # gone while we looked
+        if int(pgrp) == pgid and state != "Z":
+            return True
+    return False
+
+
 def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host if host not in ("", "0.0.0.0") else "127.0.0.1", 0))
@@ -104,7 +124,7 @@ class Supervisor:
     def reconcile(self, d: Deployment, *, here: Node) -> None:
         if d.node_id != here.pk:
             # It moved to another node: stop its server here, then that node starts it.
-            if process_alive(d.pid):
+            if group_alive(d.pid):
                 self.terminate(d)
             services.deployment_release(
                 deployment=d, node=here, reason=f"Stopped the server on {here.name}; it moves to {d.node.name}."
@@ -124,7 +144,7 @@ class Supervisor:
             )
         alive = process_alive(d.pid)
         if d.desired == Deployment.Desired.STOPPED:
-            if alive:
+            if group_alive(d.pid):
                 self.terminate(d)
             if d.status != S.STOPPED or d.pid or d.port:
                 services.deployment_transition(
@@ -214,6 +234,8 @@ class Supervisor:
         self.launch(d, entries)
 
     def crashed(self, d: Deployment, reason: str) -> None:
+        if group_alive(d.pid):
+            self.kill(d.pid)  # what is left of it (vLLM's engine) must not hold memory into the restart
         failures = d.failures + 1
         last_lines = tail(d.log_path)
         if failures >= MAX_FAILURES:
@@ -263,6 +285,9 @@ class Supervisor:
         )  # fmt: skip
 
     def terminate(self, d: Deployment) -> None:
+        """Stops the server's whole process group and returns once every process of it is gone.
+        The group, not the server alone: vLLM's engine process was seen to outlive its
+        server by more than a minute after SIGTERM, holding its memory."""
         try:
             os.killpg(d.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -272,15 +297,25 @@ class Supervisor:
         # loads the model, so it gets SIGKILL sooner.
         served = d.ready_at and d.started_at and d.ready_at >= d.started_at
         grace = STOP_GRACE_SECONDS if served else STARTING_STOP_GRACE_SECONDS
-        deadline = time.monotonic() + grace
-        while process_alive(d.pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if process_alive(d.pid):
-            os.killpg(d.pid, signal.SIGKILL)
-            # Gone before this returns, so its port and memory are free for what comes next.
-            deadline = time.monotonic() + 5
-            while process_alive(d.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+        if not self._wait_gone(d.pid, grace):
+            self.kill(d.pid)
+
+    def kill(self, pgid: int) -> None:
+        """SIGKILL to the group; returns once it is gone, so its port and memory are free for what comes next."""
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self._wait_gone(pgid, 5)
+
+    @staticmethod
+    def _wait_gone(pgid: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while group_alive(pgid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def client(self, d: Deployment) -> VllmClient:
         return VllmClient(d.base_url, unseal(d.encrypted_api_key)["api_key"], timeout=5)

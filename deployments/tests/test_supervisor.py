@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ from django.utils import timezone
 
 from deployments import supervisor
 from deployments.models import Deployment
-from deployments.supervisor import Supervisor, process_alive
+from deployments.supervisor import Supervisor, group_alive, process_alive
 
 # Ignores SIGTERM, as vLLM was seen to while it loads a model.
 STUBBORN = (
@@ -50,3 +52,36 @@ def test_stopping_gives_a_server_that_has_served_time_to_finish(
 
     assert not process_alive(stubborn.pid)
     assert at_least <= took < below, took
+
+
+# A server whose engine process (same group) sits out SIGTERM while the server itself obeys it.
+SERVER_WITH_ENGINE = (
+    "import subprocess, sys, time\n"
+    "engine = subprocess.Popen([sys.executable, '-c', sys.argv[1]])\n"
+    "print(engine.pid, flush=True)\n"
+    "time.sleep(300)\n"
+)
+
+
+def test_stopping_ends_every_process_of_the_servers_group(tmp_path, monkeypatch):
+    monkeypatch.setattr(supervisor, "STARTING_STOP_GRACE_SECONDS", 0.5)
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER_WITH_ENGINE, STUBBORN], start_new_session=True, stdout=subprocess.PIPE
+    )
+    engine_pid = int(server.stdout.readline())
+    try:
+        wait_up = time.monotonic() + 10
+        while not group_alive(server.pid) and time.monotonic() < wait_up:
+            time.sleep(0.05)
+
+        Supervisor("n", None, tmp_path).terminate(Deployment(pid=server.pid))
+
+        assert not process_alive(server.pid) and not process_alive(engine_pid), "the engine outlived its server"
+        assert not group_alive(server.pid)
+    finally:
+        for pid in (engine_pid, server.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        server.wait()
