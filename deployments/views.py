@@ -199,8 +199,9 @@ def deploy_wizard(request, step: str = "base"):
             context["error"] = context["error"] or exc.message
     elif step == "review":
         try:
-            context["preview"] = wizard.command_preview(data, base)
-            context["node"], _, context["indices"] = wizard.resolve_placement(data, base)
+            placed = wizard.resolve_placement(data, base)
+            context["node"], _, context["indices"] = placed
+            context["preview"] = wizard.command_preview(data, base, placed)
             context["adapters"] = wizard.chosen_adapters(data)
         except DomainError as exc:
             context["error"] = exc.message

@@ -208,9 +208,10 @@ def resolve_placement(data: dict, base: Artifact) -> tuple[Node, str, list[int]]
     return Node.objects.get(name=placed.node), device, list(placed.indices) if device == "cuda" else []
 
 
-def command_preview(data: dict, base: Artifact) -> str:
-    """The exact command line the node will run, secrets masked and the port left to the node."""
-    node, device, indices = resolve_placement(data, base)
+def command_preview(data: dict, base: Artifact, placed: tuple[Node, str, list[int]]) -> str:
+    """The exact command line the node will run on `placed` (what resolve_placement
+    gives), secrets masked and the port left to the node."""
+    node, device, indices = placed
     options = settings_of(data, device)
     cache = f"{node.cache_dir}/artifacts"
 
