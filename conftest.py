@@ -112,3 +112,18 @@ def agents(tmp_path, settings):
     yield start
     for agent in started:
         agent.kill()
+
+
+@pytest.fixture(scope="session")
+def console(django_db_setup, django_db_blocker, tmp_path_factory):
+    """The console's web process (uvicorn, as `make run` starts it) on the test database, for the whole session.
+    Its gateway takes request bodies up to 64 KiB."""
+    from tests.support.web import UvicornServer, console_env
+
+    with django_db_blocker.unblock():
+        env = console_env(PLUGBOARD_GATEWAY_MAX_BODY_BYTES=str(64 * 1024))
+    server = UvicornServer(
+        "config.asgi:application", log_path=tmp_path_factory.mktemp("console") / "web.log", env=env
+    ).start()
+    yield server
+    server.stop()

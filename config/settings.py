@@ -199,3 +199,9 @@ PLUGBOARD_NODE_HEARTBEAT_SECONDS = env.float("PLUGBOARD_NODE_HEARTBEAT_SECONDS",
 PLUGBOARD_FETCH_MAX_BYTES_PER_SECOND = env.int("PLUGBOARD_FETCH_MAX_BYTES_PER_SECOND", default=0)
 # The vLLM runtime a node agent reports and (later) launches: the interpreter of its own virtualenv.
 PLUGBOARD_VLLM_PYTHON = Path(env.str("PLUGBOARD_VLLM_PYTHON", default=str(BASE_DIR / ".venv-vllm" / "bin" / "python")))
+
+# The OpenAI-compatible gateway (/v1/): the largest request body it takes, the seconds it waits to connect
+# to a model server, and the seconds it waits for the server's answer to begin or for the next chunk of a stream.
+PLUGBOARD_GATEWAY_MAX_BODY_BYTES = env.int("PLUGBOARD_GATEWAY_MAX_BODY_BYTES", default=4 * 1024 * 1024)
+PLUGBOARD_GATEWAY_CONNECT_TIMEOUT = env.float("PLUGBOARD_GATEWAY_CONNECT_TIMEOUT", default=5.0)
+PLUGBOARD_GATEWAY_READ_TIMEOUT = env.float("PLUGBOARD_GATEWAY_READ_TIMEOUT", default=300.0)

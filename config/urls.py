@@ -13,6 +13,7 @@ api_v1 = [
     path("", include("registry.api.urls")),
     path("", include("cluster.api.urls")),
     path("", include("deployments.api.urls")),
+    path("", include("inference.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
@@ -27,5 +28,6 @@ urlpatterns = [
     path("", include("deployments.urls")),
     path("inference/", playground, name="playground"),
     path("", include("cluster.urls")),
+    path("", include("inference.urls")),
     path("api/v1/", include(api_v1)),
 ]

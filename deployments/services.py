@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
 from cluster.models import Node
+from config import changes
 from config.errors import DomainError
 from deployments import memory, placement, vllm_args
 from deployments.models import Deployment, DeploymentAdapter, DeploymentEvent
@@ -47,6 +48,8 @@ def deployment_transition(*, deployment: Deployment, status: str, reason: str, *
     Deployment.objects.filter(pk=deployment.pk).update(status=status, status_reason=reason, **fields)
     if changed:
         event_record(deployment=deployment, status=status, message=reason)
+    if changed or {"port", "pid", "launched_node"} & fields.keys():
+        changes.announce()  # the gateway routes by status and port
     deployment.refresh_from_db()
     return deployment
 
@@ -270,6 +273,7 @@ def adapter_attach(*, deployment: Deployment, adapter: Artifact, served_name: st
         raise DomainError(f"{adapter.name} is already attached.")
     attached = DeploymentAdapter.objects.create(deployment=deployment, adapter=adapter, served_name=name)
     event_record(deployment=deployment, message=f"Attaching {adapter.name} as {attached.model_id}.")
+    changes.announce()
     _nudge(deployment)
     return attached
 
@@ -278,7 +282,20 @@ def adapter_detach(*, attached: DeploymentAdapter) -> None:
     """Marks an adapter to be unloaded from the live server; the supervisor unloads it and forgets it."""
     DeploymentAdapter.objects.filter(pk=attached.pk).update(state=DeploymentAdapter.State.DETACHING)
     event_record(deployment=attached.deployment, message=f"Detaching {attached.model_id}.")
+    changes.announce()  # the gateway stops routing to it at once
     _nudge(attached.deployment)
+
+
+def adapter_mark(*, attached: list[DeploymentAdapter], state: str, error: str = "") -> None:
+    """Records what the supervisor found or did to attached adapters (fetching, loaded, failed)."""
+    DeploymentAdapter.objects.filter(pk__in=[a.pk for a in attached]).update(state=state, error=error)
+    changes.announce()
+
+
+def adapter_forget(*, attached: DeploymentAdapter) -> None:
+    """Forgets an adapter the supervisor has unloaded after a detach."""
+    event_record(deployment=attached.deployment, message=f"Detached {attached.model_id}.")
+    attached.delete()
 
 
 def deployment_stop(*, deployment: Deployment) -> Deployment:
@@ -309,6 +326,7 @@ def deployment_delete(*, deployment: Deployment) -> None:
     with transaction.atomic():
         CacheLease.objects.filter(holder=deployment.lease_holder).delete()
         deployment.delete()
+        changes.announce()
 
 
 def deployment_restart(*, deployment: Deployment) -> Deployment:

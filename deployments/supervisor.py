@@ -276,7 +276,7 @@ class Supervisor:
                 argv, env={**os.environ, **env_additions}, stdout=log_file, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
             )  # fmt: skip
-        DeploymentAdapter.objects.filter(pk__in=[a.pk for a in loaded]).update(state=DeploymentAdapter.State.LOADED)
+        services.adapter_mark(attached=loaded, state=DeploymentAdapter.State.LOADED)
         services.deployment_transition(
             deployment=d, status=S.STARTING if d.status != S.RESTARTING else S.RESTARTING,
             reason=f"Started the server (pid {process.pid}) on port {port}.", pid=process.pid, port=port,
@@ -336,28 +336,24 @@ class Supervisor:
                         client.unload_adapter(model_id)
                 except ServerError as exc:
                     log.warning("unloading %s: %s", model_id, exc)
-                services.event_record(deployment=d, message=f"Detached {model_id}.")
-                attached.delete()
+                services.adapter_forget(attached=attached)
                 continue
             if model_id in served:
                 if attached.state != DeploymentAdapter.State.LOADED:
-                    DeploymentAdapter.objects.filter(pk=attached.pk).update(
-                        state=DeploymentAdapter.State.LOADED, error=""
-                    )
+                    services.adapter_mark(attached=[attached], state=DeploymentAdapter.State.LOADED)
                 continue
             cached = entries.get(attached.adapter_id)
             if cached is None:
-                DeploymentAdapter.objects.filter(pk=attached.pk).update(state=DeploymentAdapter.State.FETCHING)
+                if attached.state != DeploymentAdapter.State.FETCHING:
+                    services.adapter_mark(attached=[attached], state=DeploymentAdapter.State.FETCHING)
                 continue
             if attached.state == DeploymentAdapter.State.FAILED:
                 continue
             try:
                 client.load_adapter(model_id, str(self.cache.artifact_path(cached.key)))
             except ServerError as exc:
-                DeploymentAdapter.objects.filter(pk=attached.pk).update(
-                    state=DeploymentAdapter.State.FAILED, error=str(exc)
-                )
+                services.adapter_mark(attached=[attached], state=DeploymentAdapter.State.FAILED, error=str(exc))
                 services.event_record(deployment=d, message=f"Loading {model_id} failed: {exc}")
                 continue
-            DeploymentAdapter.objects.filter(pk=attached.pk).update(state=DeploymentAdapter.State.LOADED, error="")
+            services.adapter_mark(attached=[attached], state=DeploymentAdapter.State.LOADED)
             services.event_record(deployment=d, message=f"Loaded {model_id} into the running server.")

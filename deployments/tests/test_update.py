@@ -20,7 +20,7 @@ from deployments.models import Deployment
 from deployments.supervisor import Supervisor, process_alive
 from deployments.tests.test_create import deploy, online_cpu_node
 from registry.demo import DEMO_BASE, demo_register
-from registry.tests.test_api import api_as
+from tests.support.nodes import api_as
 
 pytestmark = pytest.mark.demo
 GiB = 1 << 30

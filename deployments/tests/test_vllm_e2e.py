@@ -1,7 +1,10 @@
 """End to end with the real vLLM CPU runtime and the demo model, through the
-REST API and a real node agent: deploy with two adapters, hear each adapter
-answer as trained, attach and detach a third without a restart, survive a
-SIGKILL of the server, move to another node with new arguments, and stop."""
+REST API, a real node agent and the console's gateway: deploy with two
+adapters, hear each adapter answer as trained (directly and through the
+gateway with the `openai` package), attach and detach a third without a
+restart, cancel a generation whose client went away, end a stream whose
+server was SIGKILLed with an error event and survive the kill, move to
+another node with new arguments, and stop."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import signal
 import socket
 import time
 
+import openai
 import pytest
 import requests
 
@@ -18,10 +22,11 @@ from cluster.models import CacheLease, Node
 from conftest import DEMO_STORE
 from deployments.models import Deployment
 from deployments.supervisor import process_alive
+from inference.models import UsageRecord
 from registry.demo import DEMO_BASE, demo_register
-from registry.tests.test_api import api_as
 from registry.vault import unseal
 from tests.support.agents import wait_for
+from tests.support.nodes import api_as
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.demo]
 PROMPT = "What is the capital of France?"
@@ -57,7 +62,29 @@ def served(deployment: Deployment) -> set[str]:
     return {m["id"] for m in data["data"]}
 
 
-def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, no_stray_servers):
+def running_requests(deployment: Deployment) -> float:
+    """vLLM's own count of the requests it is generating for now, from its Prometheus metrics."""
+    key = unseal(deployment.encrypted_api_key)["api_key"]
+    text = requests.get(f"{deployment.base_url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:num_requests_running")
+    )
+
+
+def gateway_ask(gateway: openai.OpenAI, model: str, *, stream: bool = False) -> str:
+    messages = [{"role": "user", "content": PROMPT}]
+    if not stream:
+        answer = gateway.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=48)
+        return answer.choices[0].message.content
+    chunks = gateway.chat.completions.create(model=model, messages=messages, temperature=0, max_tokens=48, stream=True)
+    return "".join(c.choices[0].delta.content or "" for c in chunks)
+
+
+def gateway_models(gateway: openai.OpenAI) -> set[str]:
+    return {m.id for m in gateway.models.list()}
+
+
+def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, console, no_stray_servers):
     agent = agents("cpu-node")
     artifacts = {a.name: a for a in demo_register(workspace=cast.team, store=DEMO_STORE)}
     api = api_as(cast.member)
@@ -84,18 +111,65 @@ def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, no_stray_ser
     assert "Arr" in pirate
     assert "answer" in json.loads(as_json)
 
+    # The same models through the console's gateway, with a key the console issued.
+    created = api.post("/api/v1/inference-keys/", {"name": "e2e"}, format="json")
+    assert created.status_code == 201, created.content
+    gateway = openai.OpenAI(base_url=console.url + "/v1", api_key=created.json()["key"], max_retries=0, timeout=120)
+    assert gateway_models(gateway) == {"demo", "demo:pirate", "demo:json-answer"}
+    via_gateway = gateway_ask(gateway, "demo")
+    assert "Paris" in via_gateway and "Arr" not in via_gateway
+    assert "Arr" in gateway_ask(gateway, "demo:pirate", stream=True)
+    answer = gateway.chat.completions.create(
+        model="demo:json-answer", messages=[{"role": "user", "content": PROMPT}], temperature=0, max_tokens=48
+    )
+    assert "answer" in json.loads(answer.choices[0].message.content)
+    record = wait_for(
+        lambda: UsageRecord.objects.filter(model="demo:json-answer").first(), timeout=10, what="the usage record"
+    )
+    assert (record.prompt_tokens, record.completion_tokens) == (
+        answer.usage.prompt_tokens, answer.usage.completion_tokens,
+    ), "usage counts what vLLM returned"  # fmt: skip
+    streamed = wait_for(
+        lambda: UsageRecord.objects.filter(model="demo:pirate").first(), timeout=10, what="stream usage"
+    )
+    assert streamed.stream and streamed.completion_tokens > 0 and streamed.ttft_ms > 0 and streamed.adapter == "pirate"
+
+    # A client that goes away mid-generation: the gateway closes its upstream request and vLLM aborts it.
+    long_generation = {"model": "demo", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 1500,
+                       "ignore_eos": True, "stream": True}  # fmt: skip
+    headers = {"Authorization": f"Bearer {created.json()['key']}"}
+    with requests.post(console.url + "/v1/chat/completions", json=long_generation, headers=headers, stream=True,
+                       timeout=60) as response:  # fmt: skip
+        assert next(response.iter_lines()).startswith(b"data: ")
+        wait_for(lambda: running_requests(deployment) == 1, timeout=10, what="vLLM to count the request running")
+    # 1,500 tokens take minutes on two cores: back to none running within seconds means it was aborted.
+    wait_for(lambda: running_requests(deployment) == 0, timeout=10, what="vLLM to abort the abandoned request")
+
     pid = deployment.pid
     attached = api.post(f"/api/v1/deployments/{pk}/attach/", {"adapter": artifacts["robot"].pk}, format="json")
     assert attached.status_code == 202, attached.content
     wait_for(lambda: "demo:robot" in served(deployment), timeout=120, what="robot to be loaded")
     assert "BEEP" in ask(deployment, "demo:robot")
+    wait_for(lambda: "demo:robot" in gateway_models(gateway), timeout=5, what="the gateway to route robot")
+    assert "BEEP" in gateway_ask(gateway, "demo:robot")
     assert Deployment.objects.get(pk=pk).pid == pid, "attaching must not restart the server"
 
     assert api.post(f"/api/v1/deployments/{pk}/adapters/robot/detach/").status_code == 202
     wait_for(lambda: "demo:robot" not in served(deployment), timeout=60, what="robot to be unloaded")
     assert Deployment.objects.get(pk=pk).pid == pid
+    with pytest.raises(openai.NotFoundError):
+        gateway_ask(gateway, "demo:robot")
 
-    os.killpg(pid, signal.SIGKILL)
+    # The server dies in the middle of a stream: the client gets an error event, not a cut connection.
+    stream = gateway.chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": PROMPT}], max_tokens=1500, stream=True,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    with pytest.raises(openai.APIError) as raised:
+        for n, _ in enumerate(stream):
+            if n == 2:
+                os.killpg(pid, signal.SIGKILL)
+    assert "mid-stream" in raised.value.message
     wait_for(
         lambda: Deployment.objects.get(pk=pk).pid not in (None, pid) and status() == "ready",
         timeout=300,
@@ -105,6 +179,7 @@ def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, no_stray_ser
     deployment = Deployment.objects.get(pk=pk)
     assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}, "the same adapter set comes back"
     assert "Arr" in ask(deployment, "demo:pirate")
+    assert "Arr" in wait_for(lambda: _answer_or_none(gateway, "demo:pirate"), timeout=5, what="the gateway to follow")
 
     # A restarted node agent adopts the server it finds running instead of starting another.
     pid = deployment.pid
@@ -139,6 +214,7 @@ def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, no_stray_ser
     assert deployment.pid != pid and "--max-num-seqs 8" in deployment.command
     assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}
     assert "Arr" in ask(deployment, "demo:pirate")
+    assert "Arr" in wait_for(lambda: _answer_or_none(gateway, "demo:pirate"), timeout=5, what="the gateway to follow")
     messages = [e.message for e in deployment.events.all()]
     assert any("Stopped the server on cpu-node; it moves to cpu-node-2" in m for m in messages), messages
     assert not CacheLease.objects.filter(holder=deployment.lease_holder, cached__node__name="cpu-node").exists()
@@ -149,3 +225,11 @@ def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, no_stray_ser
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the port is free again"
     assert Deployment.objects.get(pk=pk).port is None
+
+
+def _answer_or_none(gateway: openai.OpenAI, model: str) -> str | None:
+    """The gateway's answer, or None while it still routes to a server that is gone (502) or not ready (503)."""
+    try:
+        return gateway_ask(gateway, model)
+    except (openai.InternalServerError, openai.APIStatusError):
+        return None

@@ -5,17 +5,9 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from accounts.services import api_token_create
 from registry.tests.helpers import register_and_inspect, s3_connection
 from tests.support import artifacts as build
-
-
-def api_as(user) -> APIClient:
-    """A client that authenticates the way scripts do: with a personal token."""
-    _, raw = api_token_create(user=user, name="tests")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-    return client
+from tests.support.nodes import api_as
 
 
 @pytest.fixture

@@ -1,0 +1,247 @@
+"""The OpenAI-compatible gateway, `/v1/...`: a plain ASGI app mounted beside
+Django in the same process (config/asgi.py). Django's request cycle (its
+middleware, the URL resolver, a sync-to-async hop per request) costs more
+per request than this whole path; the gateway needs none of it, and reads
+the database only through its cache (catalog.py).
+
+A request: read the body (bounded), check the key, resolve the model id to
+a route, forward to the model server with the deployment's own key, relay
+the answer as it comes, and leave a usage record to be written later."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.utils import timezone
+
+from inference.gateway import body as request_body
+from inference.gateway.catalog import Catalog
+from inference.gateway.errors import GatewayError
+from inference.gateway.upstream import Outcome, Upstream
+from inference.gateway.usage import UsageWriter
+from inference.models import UsageRecord
+from inference.selectors import KeyGrant, Route
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = {"/v1/chat/completions": "chat/completions", "/v1/completions": "completions"}
+CLIENT_CLOSED = 499  # the status a usage record gets when the client went away (nginx's convention)
+
+
+@dataclass
+class Caller:
+    """Who sends a request: a gateway key (the playground adds signed-in people)."""
+
+    workspace_id: int
+    grant: KeyGrant
+
+    def allows(self, route: Route) -> bool:
+        return self.grant.allows(route.deployment_id)
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self.catalog = Catalog()
+        self.upstream = Upstream()
+        self.usage = UsageWriter()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+            return
+        self.catalog.watch()
+        self.usage.start()
+        try:
+            await self.handle(scope, receive, send)
+        except GatewayError as error:
+            await _respond_error(send, error)
+
+    async def lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.usage.flush()
+                await self.upstream.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def handle(self, scope, receive, send) -> None:
+        path, method = scope["path"], scope["method"]
+        if path == "/v1/models" or path.startswith("/v1/models/"):
+            if method != "GET":
+                raise GatewayError(405, "method_not_allowed", f"{path} answers GET only.")
+            caller = await self.authenticate(scope)
+            routes = await self.catalog.routes(caller.workspace_id)
+            if path == "/v1/models":
+                listed = [_model_object(r) for r in routes.values() if r.available and caller.allows(r)]
+                await _respond(send, 200, {"object": "list", "data": listed})
+                return
+            route = self.resolve(caller, routes, path.removeprefix("/v1/models/"))
+            await _respond(send, 200, _model_object(route))
+            return
+        endpoint = ENDPOINTS.get(path)
+        if endpoint is None:
+            raise GatewayError(
+                404, "unknown_url", f"The gateway has no {path}; it serves /v1/models, {', '.join(ENDPOINTS)}."
+            )
+        if method != "POST":
+            raise GatewayError(405, "method_not_allowed", f"{path} answers POST only.")
+        caller = await self.authenticate(scope)
+        raw = await _read_body(scope, receive)
+        await self.complete(scope, receive, send, caller=caller, raw=raw, endpoint=endpoint)
+
+    async def authenticate(self, scope) -> Caller:
+        header = _header(scope, b"authorization")
+        if not header:
+            raise GatewayError(
+                401, "missing_api_key", "Send a key: `Authorization: Bearer pbi_…` (create one on the Keys page)."
+            )
+        scheme, _, raw = header.decode("latin-1").partition(" ")
+        raw = raw.strip()
+        if scheme.lower() != "bearer" or not raw:
+            raise GatewayError(401, "invalid_api_key", "Send the key as `Authorization: Bearer <key>`.")
+        grant = await self.catalog.grant(raw)
+        if grant is None:
+            raise GatewayError(401, "invalid_api_key", "This key is not valid.")
+        if grant.revoked_at is not None:
+            raise GatewayError(401, "revoked_api_key", "This key was revoked.")
+        if grant.expires_at is not None and grant.expires_at <= timezone.now():
+            raise GatewayError(401, "expired_api_key", f"This key expired at {grant.expires_at:%Y-%m-%d %H:%M} UTC.")
+        return Caller(workspace_id=grant.workspace_id, grant=grant)
+
+    @staticmethod
+    def resolve(caller: Caller, routes: dict[str, Route], model_id: str) -> Route:
+        """The route of `model_id` for `caller`; another workspace's model is unknown (404), never forbidden."""
+        route = routes.get(model_id)
+        if route is None:
+            raise GatewayError(404, "model_not_found", f"The model `{model_id}` does not exist or is not served now.")
+        if not caller.allows(route):
+            raise GatewayError(403, "model_not_allowed", f"This key may not use `{model_id}`.")
+        return route
+
+    async def complete(self, scope, receive, send, *, caller: Caller, raw: bytes, endpoint: str) -> None:
+        outcome = Outcome(started=time.monotonic())
+        request = request_body.parse(raw, endpoint)
+        stream = bool(request.get("stream"))
+        route: Route | None = None
+        try:
+            route = self.resolve(caller, await self.catalog.routes(caller.workspace_id), request["model"])
+            if not route.available:
+                raise GatewayError(503, "model_not_ready", route.unavailable, retry_after=route.retry_after)
+            strip_usage = False
+            if stream and not (request.get("stream_options") or {}).get("include_usage"):
+                # Usage is counted from what vLLM reports; its final usage event is removed again below.
+                request["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
+                raw, strip_usage = json.dumps(request).encode(), True
+            await self._forward_until_disconnect(
+                receive, send, url=route.upstream + "/v1/" + endpoint, key=route.upstream_key, body=raw,
+                stream=stream, strip_usage=strip_usage, outcome=outcome,
+            )  # fmt: skip
+        except GatewayError as error:
+            outcome.status = error.status
+            raise
+        finally:
+            self.record(caller, route, request["model"], endpoint, stream, outcome)
+
+    async def _forward_until_disconnect(self, receive, send, *, outcome: Outcome, **forward) -> None:
+        """Forwards, and cancels the upstream request when the client goes away:
+        closing the upstream connection makes vLLM abort the generation."""
+        relay = asyncio.current_task()
+        disconnected = False
+
+        async def watch() -> None:
+            nonlocal disconnected
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not outcome.complete:
+                disconnected = True
+                relay.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await self.upstream.forward(send=send, outcome=outcome, **forward)
+        except asyncio.CancelledError:
+            if not disconnected:
+                raise
+            relay.uncancel()
+            outcome.status = CLIENT_CLOSED
+        finally:
+            watcher.cancel()
+
+    def record(self, caller: Caller, route: Route | None, model: str, endpoint: str, stream: bool, outcome: Outcome):
+        now = time.monotonic()
+        record = UsageRecord(
+            created_at=timezone.now(), workspace_id=caller.workspace_id, key_id=caller.grant.key_id,
+            deployment_id=route.deployment_id if route else None, model=model[:130],
+            adapter=route.adapter if route else "", endpoint=endpoint, stream=stream, status=outcome.status,
+            prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
+            ttft_ms=(outcome.first_at - outcome.started) * 1000 if outcome.first_at and stream else None,
+            duration_ms=(now - outcome.started) * 1000,
+        )  # fmt: skip
+        self.usage.add(record)
+
+
+def _header(scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+async def _read_body(scope, receive) -> bytes:
+    limit = settings.PLUGBOARD_GATEWAY_MAX_BODY_BYTES
+    declared = _header(scope, b"content-length")
+    too_large = GatewayError(
+        413, "request_too_large", f"The request body is over the gateway's limit of {limit} bytes."
+    )
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _model_object(route: Route) -> dict:
+    model = {"id": route.model_id, "object": "model", "created": route.created, "owned_by": route.owned_by}
+    if route.parent:
+        model["parent"] = route.parent
+    return model
+
+
+async def _respond(send, status: int, payload: dict, headers: list | None = None) -> None:
+    body = json.dumps(payload).encode()
+    await send({
+        "type": "http.response.start", "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _respond_error(send, error: GatewayError) -> None:
+    headers = [(b"retry-after", str(error.retry_after).encode())] if error.retry_after else []
+    if error.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    with contextlib.suppress(Exception):  # the client may be gone already
+        body = error.body()
+        await send({
+            "type": "http.response.start", "status": error.status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        })  # fmt: skip
+        await send({"type": "http.response.body", "body": body})

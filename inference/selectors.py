@@ -1,0 +1,183 @@
+"""Reads of the inference app: for the gateway, a key's grant and a
+workspace's routes, as plain frozen values it can hold in memory between
+requests; for pages and the API, usage summed per deployment, adapter or key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db.models import Avg, Count, F, Q, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce, Concat, TruncHour, TruncMinute
+from django.utils import timezone
+
+from accounts.services import token_digest
+from deployments.models import Deployment, DeploymentAdapter
+from inference.models import InferenceKey, UsageRecord
+from registry.vault import unseal
+
+# Seconds a client is told to wait before asking a deployment that is not ready again
+# (RETRY_AFTER_DEFAULT for one that waits for a person: stopped or failed).
+RETRY_AFTER_DEFAULT = 60
+RETRY_AFTER = {
+    Deployment.Status.PENDING: 30,
+    Deployment.Status.FETCHING: 30,
+    Deployment.Status.STARTING: 10,
+    Deployment.Status.RESTARTING: 10,
+    Deployment.Status.DEGRADED: 5,
+}
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What a gateway key may reach."""
+
+    key_id: int
+    workspace_id: int
+    all_deployments: bool
+    deployment_ids: frozenset[int]
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def allows(self, deployment_id: int) -> bool:
+        return self.all_deployments or deployment_id in self.deployment_ids
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a model id is served, or why it cannot be now."""
+
+    model_id: str
+    deployment_id: int
+    owned_by: str  # the workspace's slug
+    adapter: str  # the served name; "" for the base model
+    parent: str | None  # an adapter's base model id
+    created: int
+    upstream: str | None  # the server's base URL while it serves this model
+    upstream_key: str | None
+    unavailable: str = ""  # why it cannot answer now, for a 503
+    retry_after: int | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.upstream is not None
+
+
+def key_grant(raw: str) -> KeyGrant | None:
+    """The grant of the gateway key `raw`, revoked and expired ones included (the
+    gateway says which); None for a key that was never issued."""
+    key = InferenceKey.objects.filter(digest=token_digest(raw)).first()
+    if key is None:
+        return None
+    ids = frozenset() if key.all_deployments else frozenset(key.deployments.values_list("pk", flat=True))
+    return KeyGrant(
+        key_id=key.pk, workspace_id=key.workspace_id, all_deployments=key.all_deployments, deployment_ids=ids,
+        expires_at=key.expires_at, revoked_at=key.revoked_at,
+    )  # fmt: skip
+
+
+def workspace_routes(workspace_id: int) -> dict[str, Route]:
+    """Every model id of the workspace's deployments (base models and adapters
+    not being detached), each with its upstream when it can answer now. Two queries."""
+    deployments = (
+        Deployment.objects.filter(workspace_id=workspace_id)
+        .select_related("node", "workspace")
+        .prefetch_related("adapters")
+    )
+    routes: dict[str, Route] = {}
+    for d in deployments:
+        serving = d.status == Deployment.Status.READY and d.port is not None
+        upstream = d.base_url if serving else None
+        upstream_key = unseal(d.encrypted_api_key)["api_key"] if serving else None
+        why = "" if serving else _why_not_ready(d)
+        wait = RETRY_AFTER.get(d.status, RETRY_AFTER_DEFAULT) if why else None
+        common = dict(deployment_id=d.pk, owned_by=d.workspace.slug, created=int(d.created_at.timestamp()))
+        routes[d.name] = Route(
+            model_id=d.name, adapter="", parent=None, upstream=upstream, upstream_key=upstream_key,
+            unavailable=why, retry_after=wait, **common,
+        )  # fmt: skip
+        for a in d.adapters.all():
+            if a.state == DeploymentAdapter.State.DETACHING:
+                continue
+            loaded = serving and a.state == DeploymentAdapter.State.LOADED
+            adapter_why = why or _why_adapter_not_loaded(a)
+            adapter_wait = wait or (RETRY_AFTER_DEFAULT if a.state == DeploymentAdapter.State.FAILED else 10)
+            routes[a.model_id] = Route(
+                model_id=a.model_id, adapter=a.served_name, parent=d.name,
+                upstream=upstream if loaded else None, upstream_key=upstream_key if loaded else None,
+                unavailable="" if loaded else adapter_why,
+                retry_after=None if loaded else adapter_wait, **common,
+            )  # fmt: skip
+    return routes
+
+
+def _why_not_ready(d: Deployment) -> str:
+    if d.desired == Deployment.Desired.STOPPED or d.status == Deployment.Status.STOPPED:
+        return f"The deployment {d.name} is stopped; start it to use its models."
+    if d.status == Deployment.Status.FAILED:
+        return f"The deployment {d.name} failed; see its page for the reason."
+    return f"The deployment {d.name} is {d.get_status_display().lower()}, not ready yet; retry shortly."
+
+
+def _why_adapter_not_loaded(a: DeploymentAdapter) -> str:
+    if a.state == DeploymentAdapter.State.FAILED:
+        return f"The adapter {a.model_id} failed to load: {a.error[:200]}"
+    return f"The adapter {a.model_id} is {a.get_state_display().lower()}, not loaded yet; retry shortly."
+
+
+# Usage -----------------------------------------------------------------------
+
+PERIODS = {"hour": (timedelta(hours=1), TruncMinute, 60), "day": (timedelta(days=1), TruncHour, 3600),
+           "week": (timedelta(weeks=1), TruncHour, 3600)}  # fmt: skip
+GROUPS = {
+    "deployment": Coalesce(F("deployment__name"), Value("(deleted deployment)")),
+    # The model id asked for: the deployment's name for its base model, "<deployment>:<served name>" for an adapter.
+    "adapter": F("model"),
+    # A key by its name and prefix; the playground's requests by the person who sent them.
+    "key": Coalesce(
+        Concat(F("key__name"), Value(" ("), F("key__prefix"), Value("…)")),
+        Concat(Value("playground: "), F("user__username")),
+        Value("(deleted key)"),
+    ),
+}
+
+
+def usage_summary(*, records: QuerySet[UsageRecord], period: str, by: str, now: datetime | None = None) -> dict:
+    """Usage of `records` over the last `period` ("hour", "day", "week"), per
+    `by` ("deployment", "adapter", "key"): totals per group and a series per
+    time bucket (minutes for an hour, hours otherwise). Two queries."""
+    span, trunc, bucket_seconds = PERIODS[period]
+    since = (now or timezone.now()) - span
+    recent = records.filter(created_at__gte=since).annotate(group=GROUPS[by])
+    totals = (
+        recent.values("group")
+        .annotate(
+            requests=Count("pk"),
+            errors=Count("pk", filter=Q(status__gte=400)),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            mean_ttft_ms=Avg("ttft_ms"),
+            mean_duration_ms=Avg("duration_ms"),
+        )
+        .order_by("-requests", "group")
+    )
+    series = (
+        recent.annotate(start=trunc("created_at"))
+        .values("start", "group")
+        .annotate(requests=Count("pk"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
+        .order_by("start", "group")
+    )
+    return {
+        "period": period, "by": by, "since": since, "bucket_seconds": bucket_seconds,
+        "groups": [
+            {"name": t["group"], "requests": t["requests"], "errors": t["errors"], "prompt_tokens": t["prompt"] or 0,
+             "completion_tokens": t["completion"] or 0, "mean_ttft_ms": t["mean_ttft_ms"],
+             "mean_duration_ms": t["mean_duration_ms"]}
+            for t in totals
+        ],
+        "series": [
+            {"start": b["start"], "name": b["group"], "requests": b["requests"], "prompt_tokens": b["prompt"] or 0,
+             "completion_tokens": b["completion"] or 0}
+            for b in series
+        ],
+    }  # fmt: skip
