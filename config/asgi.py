@@ -1,6 +1,7 @@
 """The console's ASGI entry point: the OpenAI-compatible gateway answers
-`/v1/...` itself, beside Django, which answers everything else (see
-inference/gateway/app.py for why the gateway skips Django's request cycle)."""
+`/v1/...` (and the console's Prometheus `/metrics`) itself, beside Django,
+which answers everything else (see inference/gateway/app.py for why the
+gateway skips Django's request cycle)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ gateway = Gateway()
 async def application(scope, receive, send):
     if scope["type"] == "lifespan":
         await gateway.lifespan(receive, send)  # Django has no lifespan; the gateway flushes its usage on shutdown
-    elif scope["type"] == "http" and scope["path"].startswith("/v1/"):
+    elif scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"] == "/metrics"):
         await gateway(scope, receive, send)
     else:
         await django_application(scope, receive, send)

@@ -10,21 +10,13 @@ from __future__ import annotations
 import logging
 
 import redis
-from django.conf import settings
 from django.db import transaction
+
+from config.redis_client import client
 
 log = logging.getLogger(__name__)
 
 ROUTES = "plugboard:changes:routes"
-
-_client: redis.Redis | None = None
-
-
-def _redis() -> redis.Redis:
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    return _client
 
 
 def announce(topic: str = ROUTES) -> None:
@@ -34,7 +26,7 @@ def announce(topic: str = ROUTES) -> None:
 
     def bump() -> None:
         try:
-            _redis().incr(topic)
+            client().incr(topic)
         except redis.RedisError as exc:
             log.warning("could not announce a change of %s: %s", topic, exc)
 

@@ -23,7 +23,7 @@ from django.utils import timezone
 from cluster import services as cluster_services
 from cluster.cache import ArtifactCache
 from cluster.models import CachedArtifact, Node
-from deployments import services, vllm_args
+from deployments import server_metrics, services, vllm_args, vllm_metrics
 from deployments.models import Deployment, DeploymentAdapter
 from deployments.vllm_client import ServerError, VllmClient
 from registry.vault import unseal
@@ -100,6 +100,7 @@ class Supervisor:
         self.cache = cache
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
+        self._scraped_at: dict[int, float] = {}  # deployment id -> when its server's metrics were last read
 
     def tick(self) -> bool:
         """Reconciles every deployment of the node; returns whether one is in the middle of a change."""
@@ -185,6 +186,20 @@ class Supervisor:
         if d.status == S.DEGRADED:
             services.deployment_transition(deployment=d, status=S.READY, reason="/health answers again.")
         self.sync_adapters(d, client, entries)
+        self.scrape(d, client)
+
+    def scrape(self, d: Deployment, client: VllmClient) -> None:
+        """Keeps a sample of the server's own figures every SCRAPE_SECONDS, for the deployment page's charts."""
+        now = server_metrics.now()
+        if now - self._scraped_at.get(d.pk, 0) < server_metrics.SCRAPE_SECONDS:
+            return
+        self._scraped_at[d.pk] = now
+        try:
+            text = client.metrics_text()
+        except ServerError as exc:
+            log.warning("reading the metrics of %s: %s", d.name, exc)
+            return
+        server_metrics.record(d.pk, vllm_metrics.parse(text, at=now))
 
     # Artifacts ---------------------------------------------------------------
 

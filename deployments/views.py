@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from django.conf import settings as django_settings
 from django.contrib import messages
 from django.shortcuts import redirect, render
@@ -7,9 +9,10 @@ from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from accounts.access import can_write, get_for
+from config import charts as charts_module
 from config.errors import DomainError
 from config.views import confirm_delete
-from deployments import services
+from deployments import server_metrics, services
 from deployments.forms import DeploymentEditForm
 from deployments.models import Deployment
 from registry.models import Artifact, Compatibility
@@ -28,12 +31,31 @@ def deployment_list(request):
     return render(request, "deployments/deployment_list.html", {"deployments": deployments})
 
 
+def _server_figures(deployment: Deployment, span: str) -> dict:
+    """The deployment page's charts of its server's own figures over the last hour or day."""
+    span = span if span in server_metrics.WINDOWS else "hour"
+    samples = server_metrics.window(deployment.pk, span)
+    end = server_metrics.now()
+    start = end - (3600 if span == "hour" else 86400)
+    labels = {"start_label": datetime.fromtimestamp(start, UTC).strftime("%H:%M"), "end_label": "now"}
+    charts = {
+        name: charts_module.time_chart(lines, start=start, end=end, height=120, **labels)
+        for name, lines in server_metrics.series(samples).items()
+    }
+    return {"figures": charts, "latest": samples[-1] if samples else None, "span": span, "samples": len(samples)}
+
+
 def deployment_detail(request, pk):
     deployment = _deployment_for(request, pk)
     if request.htmx and request.GET.get("partial") == "live":
         if deployment.is_terminal and request.GET.get("terminal") == "1":
             return HttpResponseStopPolling()
         return render(request, "deployments/deployment_detail.html#live", {"deployment": deployment})
+    if request.GET.get("partial") == "metrics":
+        if request.htmx and deployment.is_terminal and request.GET.get("terminal") == "1":
+            return HttpResponseStopPolling()
+        context = {"deployment": deployment, **_server_figures(deployment, request.GET.get("span", "hour"))}
+        return render(request, "deployments/deployment_detail.html#metrics", context)
     attachable = Artifact.objects.filter(
         pk__in=Compatibility.objects.filter(base=deployment.base, compatible=True).values("adapter")
     ).exclude(pk__in=deployment.adapters.values("adapter"))
@@ -41,6 +63,8 @@ def deployment_detail(request, pk):
         "deployment": deployment,
         "attachable": attachable,
         "can_write": can_write(request.user, deployment.workspace),
+        "gateway_url": request.build_absolute_uri("/v1"),
+        **_server_figures(deployment, request.GET.get("span", "hour")),
     }
     return render(request, "deployments/deployment_detail.html", context)
 

@@ -28,6 +28,10 @@ class VllmClient:
         """The served models: the base and every loaded adapter (`parent` names the base)."""
         return self._call("get", "/v1/models").json()["data"]
 
+    def metrics_text(self) -> str:
+        """The server's Prometheus metrics, as text."""
+        return self._call("get", "/metrics").text
+
     def load_adapter(self, name: str, path: str) -> None:
         self._call("post", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
 

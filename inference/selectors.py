@@ -6,11 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from importlib import import_module
+from types import SimpleNamespace
 
+from django.conf import settings
+from django.contrib import auth
 from django.db.models import Avg, Count, F, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce, Concat, TruncHour, TruncMinute
 from django.utils import timezone
 
+from accounts.models import Membership
 from accounts.services import token_digest
 from deployments.models import Deployment, DeploymentAdapter
 from inference.models import InferenceKey, UsageRecord
@@ -49,6 +54,7 @@ class Route:
 
     model_id: str
     deployment_id: int
+    workspace_id: int
     owned_by: str  # the workspace's slug
     adapter: str  # the served name; "" for the base model
     parent: str | None  # an adapter's base model id
@@ -76,6 +82,17 @@ def key_grant(raw: str) -> KeyGrant | None:
     )  # fmt: skip
 
 
+def session_member(session_key: str) -> tuple[int, tuple[int, ...]] | None:
+    """The signed-in user of the session `session_key` and the workspaces they
+    belong to, or None when the session is not a valid sign-in (as Django's own
+    check decides: expired, signed out, or the password changed since)."""
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = auth.get_user(SimpleNamespace(session=store))
+    if not user.is_authenticated or not user.is_active:
+        return None
+    return user.pk, tuple(Membership.objects.filter(user=user).values_list("workspace_id", flat=True))
+
+
 def workspace_routes(workspace_id: int) -> dict[str, Route]:
     """Every model id of the workspace's deployments (base models and adapters
     not being detached), each with its upstream when it can answer now. Two queries."""
@@ -91,7 +108,10 @@ def workspace_routes(workspace_id: int) -> dict[str, Route]:
         upstream_key = unseal(d.encrypted_api_key)["api_key"] if serving else None
         why = "" if serving else _why_not_ready(d)
         wait = RETRY_AFTER.get(d.status, RETRY_AFTER_DEFAULT) if why else None
-        common = dict(deployment_id=d.pk, owned_by=d.workspace.slug, created=int(d.created_at.timestamp()))
+        common = dict(
+            deployment_id=d.pk, workspace_id=d.workspace_id, owned_by=d.workspace.slug,
+            created=int(d.created_at.timestamp()),
+        )  # fmt: skip
         routes[d.name] = Route(
             model_id=d.name, adapter="", parent=None, upstream=upstream, upstream_key=upstream_key,
             unavailable=why, retry_after=wait, **common,

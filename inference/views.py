@@ -1,20 +1,59 @@
 from __future__ import annotations
 
+from collections import defaultdict
+from datetime import timedelta
+
+from django.conf import settings as django_settings
 from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from accounts.models import Role
+from config import charts
 from config.errors import DomainError
-from inference import services
+from deployments.models import Deployment, DeploymentAdapter
+from inference import selectors, services
 from inference.forms import InferenceKeyForm
-from inference.models import InferenceKey
+from inference.models import InferenceKey, UsageRecord
 
 
 def playground(request):
-    # The playground needs a running deployment (issue #4) first.
-    return render(request, "inference/playground.html")
+    """The Inference tab: chat with a deployment's base model or any of its
+    loaded adapters, or several at once. The page's script calls the gateway
+    (`/v1/`) with the signed-in session, so no key is in the page."""
+    deployments = list(
+        Deployment.objects.filter(workspace__memberships__user=request.user)
+        .select_related("base", "node", "workspace")
+        .prefetch_related("adapters")
+    )
+    wanted = request.GET.get("deployment", "")
+    selected = next((d for d in deployments if str(d.pk) == wanted), None) or next(
+        (d for d in deployments if d.status == Deployment.Status.READY), deployments[0] if deployments else None
+    )
+    targets = []
+    if selected is not None:
+        ready = selected.status == Deployment.Status.READY
+        targets.append(
+            {
+                "id": selected.name,
+                "label": f"{selected.name} (base model)",
+                "ready": ready,
+                "state": selected.get_status_display(),
+            }
+        )
+        for a in selected.adapters.all():
+            if a.state != DeploymentAdapter.State.DETACHING:
+                loaded = ready and a.state == DeploymentAdapter.State.LOADED
+                targets.append({"id": a.model_id, "label": a.model_id, "ready": loaded, "state": a.get_state_display()})
+    config = {
+        "gatewayUrl": request.build_absolute_uri("/v1"),
+        "csrfCookie": django_settings.CSRF_COOKIE_NAME,
+        "targets": targets,
+    }
+    context = {"deployments": deployments, "selected": selected, "targets": targets, "config": config}
+    return render(request, "inference/playground.html", context)
 
 
 def _keys_for(user):
@@ -59,3 +98,30 @@ def key_revoke(request, pk):
     except DomainError as exc:
         messages.error(request, exc.message)
     return redirect("inference:keys")
+
+
+def usage(request):
+    """The Usage page: requests and tokens through the gateway and the
+    playground, per deployment, adapter or key, over the last hour, day or
+    week, in the workspaces the user belongs to; and the latest requests."""
+    period = request.GET.get("period", "day")
+    by = request.GET.get("by", "deployment")
+    period = period if period in selectors.PERIODS else "day"
+    by = by if by in selectors.GROUPS else "deployment"
+    records = UsageRecord.objects.filter(workspace__memberships__user=request.user)
+    summary = selectors.usage_summary(records=records, period=period, by=by)
+    step = timedelta(seconds=summary["bucket_seconds"])
+    start, end = charts.floor_to(summary["since"], step), charts.floor_to(timezone.now(), step) + step
+    requests_by, tokens_by = defaultdict(dict), defaultdict(dict)
+    for bucket in summary["series"]:
+        requests_by[bucket["name"]][bucket["start"]] = bucket["requests"]
+        tokens_by[bucket["name"]][bucket["start"]] = bucket["prompt_tokens"] + bucket["completion_tokens"]
+    label = "%H:%M" if period != "week" else "%a %H:%M"
+    context = {
+        "summary": summary, "period": period, "by": by,
+        "periods": list(selectors.PERIODS), "groupings": list(selectors.GROUPS),
+        "requests_chart": charts.line_chart(requests_by, start=start, end=end, step=step, label_format=label),
+        "tokens_chart": charts.line_chart(tokens_by, start=start, end=end, step=step, label_format=label),
+        "recent": records.select_related("key", "user", "deployment")[:20],
+    }  # fmt: skip
+    return render(request, "inference/usage.html", context)

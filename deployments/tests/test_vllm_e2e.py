@@ -17,9 +17,11 @@ import time
 import openai
 import pytest
 import requests
+from django.test import Client
 
 from cluster.models import CacheLease, Node
 from conftest import DEMO_STORE
+from deployments import server_metrics, vllm_metrics
 from deployments.models import Deployment
 from deployments.supervisor import process_alive
 from inference.models import UsageRecord
@@ -133,6 +135,22 @@ def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, console, no_
         lambda: UsageRecord.objects.filter(model="demo:pirate").first(), timeout=10, what="stream usage"
     )
     assert streamed.stream and streamed.completion_tokens > 0 and streamed.ttft_ms > 0 and streamed.adapter == "pirate"
+
+    # The node agent keeps reading the server's own figures; the deployment page charts them.
+    def scraped_now():
+        direct = vllm_metrics.parse(requests.get(f"{deployment.base_url}/metrics", timeout=10).text, at=0)
+        window = server_metrics.window(pk)
+        return window and (window[-1].generation_tokens, window[-1].prompt_tokens) == (
+            direct.generation_tokens, direct.prompt_tokens,
+        ) and window  # fmt: skip
+
+    samples = wait_for(scraped_now, timeout=30, every=1, what="a sample holding vLLM's own token counts")
+    assert samples[-1].generation_tokens > 0
+    wait_for(lambda: len(server_metrics.window(pk)) > len(samples), timeout=15, what="the series to grow")
+    browser = Client()
+    browser.force_login(cast.viewer)
+    figures = browser.get(f"/deployments/{pk}/?partial=metrics").content.decode()
+    assert 'data-line="generated tokens/s"' in figures and 'data-figure="running"' in figures
 
     # A client that goes away mid-generation: the gateway closes its upstream request and vLLM aborts it.
     long_generation = {"model": "demo", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 1500,

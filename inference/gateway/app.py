@@ -16,13 +16,18 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
 
 from django.conf import settings
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 
+from accounts.services import api_token_authenticate
+from inference import selectors
 from inference.gateway import body as request_body
-from inference.gateway.catalog import Catalog
+from inference.gateway.catalog import Catalog, read_db
 from inference.gateway.errors import GatewayError
+from inference.gateway.metrics import GatewayMetrics
 from inference.gateway.upstream import Outcome, Upstream
 from inference.gateway.usage import UsageWriter
 from inference.models import UsageRecord
@@ -34,15 +39,17 @@ ENDPOINTS = {"/v1/chat/completions": "chat/completions", "/v1/completions": "com
 CLIENT_CLOSED = 499  # the status a usage record gets when the client went away (nginx's convention)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Caller:
-    """Who sends a request: a gateway key (the playground adds signed-in people)."""
+    """Who sends a request: an application with a gateway key, or a signed-in
+    person in the playground (any of their workspaces, every deployment)."""
 
-    workspace_id: int
-    grant: KeyGrant
+    workspace_ids: tuple[int, ...]
+    key: KeyGrant | None = None
+    user_id: int | None = None
 
     def allows(self, route: Route) -> bool:
-        return self.grant.allows(route.deployment_id)
+        return self.key is None or self.key.allows(route.deployment_id)
 
 
 class Gateway:
@@ -50,6 +57,7 @@ class Gateway:
         self.catalog = Catalog()
         self.upstream = Upstream()
         self.usage = UsageWriter()
+        self.metrics = GatewayMetrics()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -75,11 +83,14 @@ class Gateway:
 
     async def handle(self, scope, receive, send) -> None:
         path, method = scope["path"], scope["method"]
+        if path == "/metrics":
+            await self.serve_metrics(scope, receive, send)
+            return
         if path == "/v1/models" or path.startswith("/v1/models/"):
             if method != "GET":
                 raise GatewayError(405, "method_not_allowed", f"{path} answers GET only.")
             caller = await self.authenticate(scope)
-            routes = await self.catalog.routes(caller.workspace_id)
+            routes = await self.routes_for(caller)
             if path == "/v1/models":
                 listed = [_model_object(r) for r in routes.values() if r.available and caller.allows(r)]
                 await _respond(send, 200, {"object": "list", "data": listed})
@@ -98,9 +109,19 @@ class Gateway:
         raw = await _read_body(scope, receive)
         await self.complete(scope, receive, send, caller=caller, raw=raw, endpoint=endpoint)
 
+    async def routes_for(self, caller: Caller) -> dict[str, Route]:
+        if len(caller.workspace_ids) == 1:
+            return await self.catalog.routes(caller.workspace_ids[0])
+        routes: dict[str, Route] = {}
+        for workspace_id in caller.workspace_ids:
+            routes.update(await self.catalog.routes(workspace_id))
+        return routes
+
     async def authenticate(self, scope) -> Caller:
         header = _header(scope, b"authorization")
         if not header:
+            if (caller := await self.session_caller(scope)) is not None:
+                return caller
             raise GatewayError(
                 401, "missing_api_key", "Send a key: `Authorization: Bearer pbi_…` (create one on the Keys page)."
             )
@@ -115,7 +136,27 @@ class Gateway:
             raise GatewayError(401, "revoked_api_key", "This key was revoked.")
         if grant.expires_at is not None and grant.expires_at <= timezone.now():
             raise GatewayError(401, "expired_api_key", f"This key expired at {grant.expires_at:%Y-%m-%d %H:%M} UTC.")
-        return Caller(workspace_id=grant.workspace_id, grant=grant)
+        return Caller(workspace_ids=(grant.workspace_id,), key=grant)
+
+    async def session_caller(self, scope) -> Caller | None:
+        """The playground's caller: a signed-in session, with the CSRF cookie's
+        value repeated in the X-CSRFToken header (a page of another site can send
+        the cookies but can neither read them nor set that header)."""
+        cookies = SimpleCookie()
+        with contextlib.suppress(CookieError):
+            cookies.load((_header(scope, b"cookie") or b"").decode("latin-1"))
+        session = cookies.get(settings.SESSION_COOKIE_NAME)
+        if session is None:
+            return None
+        csrf_cookie = cookies.get(settings.CSRF_COOKIE_NAME)
+        csrf_header = (_header(scope, b"x-csrftoken") or b"").decode("latin-1")
+        if csrf_cookie is None or not csrf_header or not constant_time_compare(csrf_cookie.value, csrf_header):
+            raise GatewayError(403, "csrf_failed", "Signed-in requests need the X-CSRFToken header; reload the page.")
+        member = await read_db(selectors.session_member, session.value)
+        if member is None:
+            raise GatewayError(401, "session_expired", "Your sign-in has expired; sign in again.")
+        user_id, workspace_ids = member
+        return Caller(workspace_ids=workspace_ids, user_id=user_id)
 
     @staticmethod
     def resolve(caller: Caller, routes: dict[str, Route], model_id: str) -> Route:
@@ -133,7 +174,7 @@ class Gateway:
         stream = bool(request.get("stream"))
         route: Route | None = None
         try:
-            route = self.resolve(caller, await self.catalog.routes(caller.workspace_id), request["model"])
+            route = self.resolve(caller, await self.routes_for(caller), request["model"])
             if not route.available:
                 raise GatewayError(503, "model_not_ready", route.unavailable, retry_after=route.retry_after)
             strip_usage = False
@@ -178,8 +219,12 @@ class Gateway:
 
     def record(self, caller: Caller, route: Route | None, model: str, endpoint: str, stream: bool, outcome: Outcome):
         now = time.monotonic()
+        workspace_id = route.workspace_id if route else caller.workspace_ids[0] if caller.workspace_ids else None
+        if workspace_id is None:
+            return  # a signed-in person of no workspace asked for a model that cannot exist for them
         record = UsageRecord(
-            created_at=timezone.now(), workspace_id=caller.workspace_id, key_id=caller.grant.key_id,
+            created_at=timezone.now(), workspace_id=workspace_id, key_id=caller.key.key_id if caller.key else None,
+            user_id=caller.user_id,
             deployment_id=route.deployment_id if route else None, model=model[:130],
             adapter=route.adapter if route else "", endpoint=endpoint, stream=stream, status=outcome.status,
             prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
@@ -187,6 +232,33 @@ class Gateway:
             duration_ms=(now - outcome.started) * 1000,
         )  # fmt: skip
         self.usage.add(record)
+        self.metrics.observe(
+            deployment=route.model_id.split(":")[0] if route else "", model=route.model_id if route else "",
+            status=outcome.status, duration=now - outcome.started,
+            ttft=outcome.first_at - outcome.started if outcome.first_at and stream else None,
+            prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
+        )  # fmt: skip
+
+    async def serve_metrics(self, scope, receive, send) -> None:
+        """The console's /metrics, for Prometheus, with a personal API token of an administrator."""
+        self.usage.start()
+        header = (_header(scope, b"authorization") or b"").decode("latin-1")
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != "bearer" or not raw.strip():
+            raise GatewayError(
+                401, "missing_token", "Send an administrator's API token: `Authorization: Bearer pbt_…`."
+            )
+        user = await read_db(lambda: api_token_authenticate(raw=raw.strip()))
+        if user is None:
+            raise GatewayError(401, "invalid_token", "This API token is unknown or was revoked.")
+        if not user.is_staff:
+            raise GatewayError(403, "not_an_administrator", "Only an administrator's token may read /metrics.")
+        body = self.metrics.render().encode()
+        await send({
+            "type": "http.response.start", "status": 200,
+            "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"), (b"content-length", str(len(body)).encode())],
+        })  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
 
 
 def _header(scope, name: bytes) -> bytes | None:

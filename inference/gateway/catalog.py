@@ -32,7 +32,7 @@ STALE_AFTER = 1.0
 MAX_AGE = 60.0
 
 
-def _read(fn: Callable, *args):
+def read_db(fn: Callable, *args):
     """Runs an ORM read in a worker thread, then gives its connection back."""
 
     def call():
@@ -62,7 +62,7 @@ class Catalog:
         held = self._keys.get(digest)
         if held is not None and self._fresh(held[0]):
             return held[1]
-        grant = await self._load(("key", digest), lambda: _read(selectors.key_grant, raw_key), self._keys, digest)
+        grant = await self._load(("key", digest), lambda: read_db(selectors.key_grant, raw_key), self._keys, digest)
         return grant
 
     async def routes(self, workspace_id: int) -> dict[str, Route]:
@@ -72,7 +72,7 @@ class Catalog:
             return held[1]
         return await self._load(
             ("routes", workspace_id),
-            lambda: _read(selectors.workspace_routes, workspace_id),
+            lambda: read_db(selectors.workspace_routes, workspace_id),
             self._routes,
             workspace_id,
         )

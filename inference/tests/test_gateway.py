@@ -11,8 +11,10 @@ from datetime import timedelta
 import openai
 import pytest
 import requests
+from django.test import Client
 from django.utils import timezone
 
+from accounts.services import api_token_create
 from conftest import DEMO_STORE
 from deployments import services as deployment_services
 from deployments.models import Deployment, DeploymentAdapter
@@ -264,3 +266,71 @@ def test_detaching_an_adapter_makes_it_404_within_a_second(console, key, served)
         what="the detach to reach the gateway",
     )  # fmt: skip
     assert_openai_error(response, 404, "model_not_found")
+
+
+# The playground's way in: a signed-in session -----------------------------------------------
+
+
+def signed_in(user) -> dict[str, str]:
+    """The cookies of a browser where `user` signed in, with a CSRF cookie as Django sets one."""
+    browser = Client()
+    browser.force_login(user)
+    return {"sessionid": browser.cookies["sessionid"].value, "csrftoken": "k" * 32}
+
+
+def test_a_signed_in_member_chats_without_a_key_and_the_usage_is_theirs(console, cast, served):
+    cookies = signed_in(cast.viewer)
+    body = json.dumps({"model": "fake:pirate", "messages": CHAT, "max_tokens": 2})
+    response = requests.post(
+        console.url + "/v1/chat/completions", data=body, cookies=cookies, headers={"X-CSRFToken": cookies["csrftoken"]}
+    )
+    assert response.status_code == 200, response.text
+    record = usage_of(user=cast.viewer)[0]
+    assert (record.key, record.model, record.completion_tokens, record.workspace) == (None, "fake:pirate", 2, cast.team)
+    models = requests.get(console.url + "/v1/models", cookies=cookies, headers={"X-CSRFToken": cookies["csrftoken"]})
+    assert {m["id"] for m in models.json()["data"]} == {"fake", "fake:pirate"}
+
+
+def test_a_session_without_the_csrf_header_or_of_an_outsider_gets_nothing(console, cast, served):
+    cookies = signed_in(cast.member)
+    body = json.dumps({"model": "fake", "messages": CHAT})
+    response = requests.post(console.url + "/v1/chat/completions", data=body, cookies=cookies)
+    assert_openai_error(response, 403, "csrf_failed")
+    response = requests.post(
+        console.url + "/v1/chat/completions", data=body, cookies=cookies, headers={"X-CSRFToken": "another value"}
+    )
+    assert_openai_error(response, 403, "csrf_failed")
+    outsider = signed_in(cast.outsider)
+    response = requests.post(
+        console.url + "/v1/chat/completions",
+        data=body,
+        cookies=outsider,
+        headers={"X-CSRFToken": outsider["csrftoken"]},
+    )
+    assert_openai_error(response, 404, "model_not_found")
+    gone = {"sessionid": "not-a-session", "csrftoken": "k" * 32}
+    response = requests.post(
+        console.url + "/v1/chat/completions", data=body, cookies=gone, headers={"X-CSRFToken": "k" * 32}
+    )
+    assert_openai_error(response, 401, "session_expired")
+
+
+# The console's own /metrics ----------------------------------------------------------------
+
+
+def test_metrics_count_requests_per_model_for_an_administrators_token_only(console, cast, key):
+    post(console, key, {"model": "fake:pirate", "messages": CHAT, "max_tokens": 3})
+    post(console, key, {"model": "invented-name", "messages": CHAT})
+    _, admin_token = api_token_create(user=cast.admin, name="prometheus")
+    _, member_token = api_token_create(user=cast.member, name="not an admin")
+    assert_openai_error(requests.get(console.url + "/metrics"), 401, "missing_token")
+    assert_openai_error(
+        requests.get(console.url + "/metrics", headers={"Authorization": f"Bearer {key}"}), 401, "invalid_token"
+    )
+    response = requests.get(console.url + "/metrics", headers={"Authorization": f"Bearer {member_token}"})
+    assert_openai_error(response, 403, "not_an_administrator")
+    text = requests.get(console.url + "/metrics", headers={"Authorization": f"Bearer {admin_token}"}).text
+    assert 'plugboard_gateway_requests_total{deployment="fake",model="fake:pirate",status="200"}' in text
+    assert 'plugboard_gateway_tokens_total{deployment="fake",model="fake:pirate",kind="completion"}' in text
+    assert 'plugboard_gateway_request_duration_seconds_count{deployment="fake",model="fake:pirate"}' in text
+    assert "invented-name" not in text and 'model="",status="404"' in text, "unknown names do not become labels"

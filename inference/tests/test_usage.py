@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from accounts.services import workspace_create
@@ -69,3 +70,24 @@ def test_usage_records_are_listed_to_members_only(cast):
     assert [r["model"] for r in api_as(cast.viewer).get("/api/v1/usage/").json()["results"]] == ["demo"]
     assert [r["model"] for r in api_as(cast.outsider).get("/api/v1/usage/").json()["results"]] == ["theirs"]
     assert api_as(cast.outsider).get("/api/v1/usage/summary/").json()["groups"][0]["name"] == "(deleted deployment)"
+
+
+def test_the_usage_page_charts_and_lists_the_members_usage_only(cast, client):
+    key, _ = services.inference_key_create(workspace=cast.team, name="app")
+    services.usage_record_many(
+        records=[
+            record(cast.team, key=key, model="demo:pirate", adapter="pirate", minutes_ago=2),
+            record(cast.team, model="demo", minutes_ago=5),
+            record(cast.other, model="theirs"),
+        ]
+    )
+    UsageRecord.objects.filter(key=None, workspace=cast.team).update(user=cast.member)
+    client.force_login(cast.viewer)
+    page = client.get(reverse("inference:usage") + "?period=hour&by=adapter").content.decode()
+    assert 'data-usage-group="demo:pirate"' in page and 'data-usage-group="demo"' in page
+    assert 'data-line="demo:pirate"' in page, "a line per adapter in the charts"
+    assert "theirs" not in page
+    assert f'key app <span class="mono">({key.prefix}…)</span>' in page and "playground: member" in page
+    client.force_login(cast.outsider)
+    page = client.get(reverse("inference:usage")).content.decode()
+    assert "demo:pirate" not in page and 'data-usage-group="(deleted deployment)"' in page
