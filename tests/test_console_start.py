@@ -159,7 +159,7 @@ def test_the_wizard_deploys_the_demo_model_with_adapters_and_the_page_shows_it_r
     assert page.locator('[data-adapter="pirate"][data-state="loaded"]').count() == 1
 
     # The Inference tab (opened by "Try it") answers as an adapter, then as the base and the adapter side by side.
-    page.get_by_role("link", name="Try it").click()
+    page.get_by_role("link", name="Try it", exact=True).click()
     page.wait_for_url("**/inference/?deployment=*")
     page.select_option("#target", "demo:pirate")
     page.fill("#p-temperature", "0")
@@ -175,13 +175,15 @@ def test_the_wizard_deploys_the_demo_model_with_adapters_and_the_page_shows_it_r
     page.check("#compare")
     page.check('#compare-targets input[value="demo"]')
     page.check('#compare-targets input[value="demo:pirate"]')
-    page.uncheck('#compare-targets input[value="demo:json-answer"]')
+    page.check('#compare-targets input[value="demo:json-answer"]')
     page.fill("#prompt", "What is the capital of France?")
     page.get_by_role("button", name="Send").click()
-    for model in ("demo", "demo:pirate"):
+    for model in ("demo", "demo:pirate", "demo:json-answer"):
         page.locator(f'[data-model="{model}"] .chat-figures', has_text="tokens/s").wait_for(timeout=120_000)
-    assert "Arr" not in page.locator('[data-model="demo"] .chat-body').inner_text()
-    assert "Arr" in page.locator('[data-model="demo:pirate"] .chat-body').inner_text()
+    base = page.locator('[data-model="demo"] .chat-assistant .chat-body').inner_text()
+    assert "Paris" in base and "Arr" not in base
+    assert "Arr" in page.locator('[data-model="demo:pirate"] .chat-assistant .chat-body').inner_text()
+    assert page.locator('[data-model="demo:json-answer"] .chat-assistant .chat-body').inner_text().lstrip().startswith("{")
 
     page.get_by_role("button", name="View code").click()
     assert "/v1/chat/completions" in page.locator("#code-text").inner_text()

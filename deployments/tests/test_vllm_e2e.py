@@ -135,6 +135,13 @@ def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, console, no_
         lambda: UsageRecord.objects.filter(model="demo:pirate").first(), timeout=10, what="stream usage"
     )
     assert streamed.stream and streamed.completion_tokens > 0 and streamed.ttft_ms > 0 and streamed.adapter == "pirate"
+    listed = {r["model"]: r for r in api.get("/api/v1/usage/").json()["results"]}
+    assert listed["demo:json-answer"]["completion_tokens"] == answer.usage.completion_tokens
+    assert listed["demo:json-answer"]["key"] == created.json()["prefix"]
+    browser = Client()
+    browser.force_login(cast.viewer)
+    usage_page = browser.get("/inference/usage/?by=key").content.decode()
+    assert f'data-usage-group="e2e ({created.json()["prefix"]}…)"' in usage_page
 
     # The node agent keeps reading the server's own figures; the deployment page charts them.
     def scraped_now():
@@ -147,8 +154,6 @@ def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, console, no_
     samples = wait_for(scraped_now, timeout=30, every=1, what="a sample holding vLLM's own token counts")
     assert samples[-1].generation_tokens > 0
     wait_for(lambda: len(server_metrics.window(pk)) > len(samples), timeout=15, what="the series to grow")
-    browser = Client()
-    browser.force_login(cast.viewer)
     figures = browser.get(f"/deployments/{pk}/?partial=metrics").content.decode()
     assert 'data-line="generated tokens/s"' in figures and 'data-figure="running"' in figures
 

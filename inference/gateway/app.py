@@ -39,6 +39,10 @@ ENDPOINTS = {"/v1/chat/completions": "chat/completions", "/v1/completions": "com
 CLIENT_CLOSED = 499  # the status a usage record gets when the client went away (nginx's convention)
 
 
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who sends a request: an application with a gateway key, or a signed-in
@@ -69,6 +73,8 @@ class Gateway:
             await self.handle(scope, receive, send)
         except GatewayError as error:
             await _respond_error(send, error)
+        except ClientGone:
+            pass  # it left while sending its request: nothing was asked of a model server yet
 
     async def lifespan(self, receive, send) -> None:
         while True:
@@ -233,7 +239,7 @@ class Gateway:
         )  # fmt: skip
         self.usage.add(record)
         self.metrics.observe(
-            deployment=route.model_id.split(":")[0] if route else "", model=route.model_id if route else "",
+            deployment=(route.parent or route.model_id) if route else "", model=route.model_id if route else "",
             status=outcome.status, duration=now - outcome.started,
             ttft=outcome.first_at - outcome.started if outcome.first_at and stream else None,
             prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
@@ -280,7 +286,7 @@ async def _read_body(scope, receive) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
