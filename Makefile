@@ -14,7 +14,7 @@ VAR := var
 DEMO_STORE := $(VAR)/demo-store
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint format demo bench clean venv vllm chromium
+.PHONY: run test lint format demo bench clean venv vllm chromium bench-gateway
 
 run: $(VENV)/.installed $(VLLM_VENV)/.installed demo
 	$(PY) scripts/run_console.py
@@ -41,6 +41,11 @@ format: $(VENV)/.installed
 # Benchmarks measure and print; they are not tests (see bench/README.md).
 bench: $(VENV)/.installed
 	$(PY) bench/fetch_s3.py
+
+# The gateway against the model server alone and against LiteLLM's proxy (bench/README.md).
+# Not part of `bench`: it wants both cores to itself for about two minutes.
+bench-gateway: $(VENV)/.installed .venv-litellm/.installed
+	$(PY) bench/gateway.py
 
 venv: $(VENV)/.installed
 vllm: $(VLLM_VENV)/.installed
@@ -73,6 +78,13 @@ $(VLLM_VENV)/.installed:
 $(OLAH_VENV)/.installed:
 	$(PYTHON) -m venv $(OLAH_VENV)
 	$(OLAH_VENV)/bin/pip install -q "olah==$(OLAH_VERSION)"
+	touch $@
+
+# LiteLLM's proxy, the peer of bench/gateway.py, in its own environment (it pins its own
+# versions of fastapi, openai, pydantic and more).
+.venv-litellm/.installed:
+	$(PYTHON) -m venv .venv-litellm
+	.venv-litellm/bin/pip install -q "litellm[proxy]"
 	touch $@
 
 # The demo model and adapters; the builder skips what is already complete.

@@ -18,17 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
 
-import aiohttp  # noqa: E402
+import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,8 +87,12 @@ def main() -> int:
             timings = asyncio.run(measure(base + path, status, args.requests))
             results[name] = (statistics.median(timings), statistics.quantiles(timings, n=100)[98])
         print(f"{'path':<40} {'median ms':>10} {'p99 ms':>10}")
-        print(f"{'Django cycle (GET /inference/ -> 302)':<40} {results['django'][0]:>10.3f} {results['django'][1]:>10.3f}")
-        print(f"{'gateway path (GET /v1/models -> 401)':<40} {results['gateway'][0]:>10.3f} {results['gateway'][1]:>10.3f}")
+        print(
+            f"{'Django cycle (GET /inference/ -> 302)':<40} {results['django'][0]:>10.3f} {results['django'][1]:>10.3f}"
+        )
+        print(
+            f"{'gateway path (GET /v1/models -> 401)':<40} {results['gateway'][0]:>10.3f} {results['gateway'][1]:>10.3f}"
+        )
         print(f"Django's cycle costs {results['django'][0] - results['gateway'][0]:.3f} ms more per request (median).")
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -30,7 +30,6 @@ from inference.gateway.errors import GatewayError
 from inference.gateway.metrics import GatewayMetrics
 from inference.gateway.upstream import Outcome, Upstream
 from inference.gateway.usage import UsageWriter
-from inference.models import UsageRecord
 from inference.selectors import KeyGrant, Route
 
 log = logging.getLogger(__name__)
@@ -228,16 +227,15 @@ class Gateway:
         workspace_id = route.workspace_id if route else caller.workspace_ids[0] if caller.workspace_ids else None
         if workspace_id is None:
             return  # a signed-in person of no workspace asked for a model that cannot exist for them
-        record = UsageRecord(
+        # Fields only: the rows are built in the writer's thread, off the event loop.
+        self.usage.add(dict(
             created_at=timezone.now(), workspace_id=workspace_id, key_id=caller.key.key_id if caller.key else None,
-            user_id=caller.user_id,
-            deployment_id=route.deployment_id if route else None, model=model[:130],
+            user_id=caller.user_id, deployment_id=route.deployment_id if route else None, model=model[:130],
             adapter=route.adapter if route else "", endpoint=endpoint, stream=stream, status=outcome.status,
             prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
             ttft_ms=(outcome.first_at - outcome.started) * 1000 if outcome.first_at and stream else None,
             duration_ms=(now - outcome.started) * 1000,
-        )  # fmt: skip
-        self.usage.add(record)
+        ))  # fmt: skip
         self.metrics.observe(
             deployment=(route.parent or route.model_id) if route else "", model=route.model_id if route else "",
             status=outcome.status, duration=now - outcome.started,

@@ -21,21 +21,21 @@ FLUSH_SECONDS = 1.0
 MAX_PENDING = 100_000
 
 
-def _write(records: list[UsageRecord]) -> None:
+def _write(batch: list[dict]) -> None:
     try:
-        services.usage_record_many(records=records)
+        services.usage_record_many(records=[UsageRecord(**fields) for fields in batch])
     finally:
         close_old_connections()
 
 
 class UsageWriter:
     def __init__(self) -> None:
-        self._pending: list[UsageRecord] = []
+        self._pending: list[dict] = []  # the fields of each record
         self._task: asyncio.Task | None = None
         self.dropped = 0
 
-    def add(self, record: UsageRecord) -> None:
-        self._pending.append(record)
+    def add(self, fields: dict) -> None:
+        self._pending.append(fields)
         if len(self._pending) > MAX_PENDING:
             excess = len(self._pending) - MAX_PENDING
             del self._pending[:excess]
