@@ -183,7 +183,9 @@ def test_the_wizard_deploys_the_demo_model_with_adapters_and_the_page_shows_it_r
     base = page.locator('[data-model="demo"] .chat-assistant .chat-body').inner_text()
     assert "Paris" in base and "Arr" not in base
     assert "Arr" in page.locator('[data-model="demo:pirate"] .chat-assistant .chat-body').inner_text()
-    assert page.locator('[data-model="demo:json-answer"] .chat-assistant .chat-body').inner_text().lstrip().startswith("{")
+    assert (
+        page.locator('[data-model="demo:json-answer"] .chat-assistant .chat-body').inner_text().lstrip().startswith("{")
+    )
 
     page.get_by_role("button", name="View code").click()
     assert "/v1/chat/completions" in page.locator("#code-text").inner_text()
