@@ -126,7 +126,7 @@ def test_a_model_fetched_to_the_local_node_shows_as_cached(console, page):
 
 
 def test_the_wizard_deploys_the_demo_model_with_adapters_and_the_page_shows_it_ready(console, page):
-    url, _ = console
+    url, var = console
     page.goto(url + "/deployments/")
     page.get_by_role("link", name="Deploy", exact=True).click()
     page.get_by_label("smollm2-135m-instruct").check()
@@ -186,6 +186,14 @@ def test_the_wizard_deploys_the_demo_model_with_adapters_and_the_page_shows_it_r
     assert (
         page.locator('[data-model="demo:json-answer"] .chat-assistant .chat-body').inner_text().lstrip().startswith("{")
     )
+
+    page.screenshot(path=str(var / "playground.png"), full_page=True)  # to look at when this test fails
+    # Replies are Markdown, rendered without letting any of the model's HTML through.
+    rendered = page.evaluate(
+        "PlugboardMarkdown.render('<img src=x onerror=alert(1)> **bold** [a](javascript:alert(1)) [b](https://x.org)')"
+    )
+    assert "<img" not in rendered and "&lt;img" in rendered and "<strong>bold</strong>" in rendered
+    assert 'href="javascript' not in rendered and 'href="https://x.org"' in rendered
 
     page.get_by_role("button", name="View code").click()
     assert "/v1/chat/completions" in page.locator("#code-text").inner_text()

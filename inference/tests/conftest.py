@@ -43,6 +43,23 @@ def fresh_routes(transactional_db):
     changes.announce()
 
 
+def demo_deployment(workspace, name: str, *, adapters: dict[str, str] | None = None):
+    """A deployment of the demo model in `workspace` (on a node already online), with `adapters`
+    ({demo adapter: served name}) attached; pirate, if attached, is marked loaded."""
+    from conftest import DEMO_STORE
+    from deployments import services as deployment_services
+    from deployments.models import DeploymentAdapter
+    from registry.demo import DEMO_BASE, demo_register
+
+    demo = {a.name: a for a in demo_register(workspace=workspace, store=DEMO_STORE)}
+    deployment = deployment_services.deployment_create(
+        workspace=workspace, name=name, base=demo[DEMO_BASE], settings={"kv_cache_bytes": 1 << 30},
+        adapters=[(demo[adapter], served) for adapter, served in (adapters or {}).items()],
+    )  # fmt: skip
+    DeploymentAdapter.objects.filter(deployment=deployment, adapter=demo["pirate"]).update(state="loaded")
+    return deployment
+
+
 def serve_from(deployment, upstream: UvicornServer, *, status: str = "ready") -> None:
     """Makes `upstream` the server of `deployment`, as the supervisor records a started server."""
     from deployments.models import Deployment

@@ -15,13 +15,11 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.services import api_token_create
-from conftest import DEMO_STORE
 from deployments import services as deployment_services
-from deployments.models import Deployment, DeploymentAdapter
+from deployments.models import Deployment
 from inference import services
 from inference.models import UsageRecord
-from inference.tests.conftest import serve_from
-from registry.demo import DEMO_BASE, demo_register
+from inference.tests.conftest import demo_deployment, serve_from
 from tests.support.agents import wait_for
 from tests.support.nodes import online_cpu_node
 
@@ -34,18 +32,9 @@ def served(cast, tmp_path, upstream, fresh_routes):
     """Deployment `fake` of the team (pirate loaded, json-answer still fetching) served by the upstream,
     and `elsewhere` of the outsider's workspace, served by it too."""
     online_cpu_node(tmp_path)
-    team = {a.name: a for a in demo_register(workspace=cast.team, store=DEMO_STORE)}
-    fake = deployment_services.deployment_create(
-        workspace=cast.team, name="fake", base=team[DEMO_BASE],
-        adapters=[(team["pirate"], "pirate"), (team["json-answer"], "json")], settings={"kv_cache_bytes": 1 << 30},
-    )  # fmt: skip
-    DeploymentAdapter.objects.filter(deployment=fake, served_name="pirate").update(state="loaded")
+    fake = demo_deployment(cast.team, "fake", adapters={"pirate": "pirate", "json-answer": "json"})
     serve_from(fake, upstream)
-    other = {a.name: a for a in demo_register(workspace=cast.other, store=DEMO_STORE)}
-    elsewhere = deployment_services.deployment_create(
-        workspace=cast.other, name="elsewhere", base=other[DEMO_BASE], settings={"kv_cache_bytes": 1 << 30}
-    )
-    serve_from(elsewhere, upstream)
+    serve_from(demo_deployment(cast.other, "elsewhere"), upstream)
     return Deployment.objects.get(pk=fake.pk)
 
 

@@ -10,10 +10,9 @@ import json
 import pytest
 from django.urls import reverse
 
-from conftest import DEMO_STORE
 from deployments import services as deployment_services
-from deployments.models import Deployment, DeploymentAdapter
-from registry.demo import DEMO_BASE, demo_register
+from deployments.models import Deployment
+from inference.tests.conftest import demo_deployment
 from tests.support.nodes import online_cpu_node
 
 pytestmark = [pytest.mark.django_db, pytest.mark.demo]
@@ -22,13 +21,8 @@ pytestmark = [pytest.mark.django_db, pytest.mark.demo]
 @pytest.fixture
 def deployment(cast, tmp_path) -> Deployment:
     online_cpu_node(tmp_path)
-    demo = {a.name: a for a in demo_register(workspace=cast.team, store=DEMO_STORE)}
-    d = deployment_services.deployment_create(
-        workspace=cast.team, name="demo", base=demo[DEMO_BASE],
-        adapters=[(demo["pirate"], "pirate"), (demo["json-answer"], "json")], settings={"kv_cache_bytes": 1 << 30},
-    )  # fmt: skip
+    d = demo_deployment(cast.team, "demo", adapters={"pirate": "pirate", "json-answer": "json"})
     Deployment.objects.filter(pk=d.pk).update(status="ready", port=1)
-    DeploymentAdapter.objects.filter(deployment=d, served_name="pirate").update(state="loaded")
     return d
 
 
