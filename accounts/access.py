@@ -8,6 +8,8 @@ from django.db.models import Model, QuerySet
 from django.http import Http404
 
 from accounts.models import Role
+from accounts.selectors import writable_workspaces_for
+from config.errors import DomainError
 
 
 def get_for(user, queryset: QuerySet, pk, *, write: bool = False, via: str = "workspace") -> Model:
@@ -32,8 +34,6 @@ def can_write(user, workspace) -> bool:
 def workspace_for_write(user, workspace=None):
     """Returns the workspace a new object goes into: the one named, if `user`
     may write there, or else their only writable workspace."""
-    from accounts.selectors import writable_workspaces_for
-
     writable = writable_workspaces_for(user)
     if workspace is not None:
         if not writable.filter(pk=workspace.pk).exists():
@@ -45,7 +45,5 @@ def workspace_for_write(user, workspace=None):
     if not choices:
         raise PermissionDenied("You may not create anything: you are not an owner or editor of any workspace.")
     if len(choices) > 1:
-        from config.errors import DomainError
-
         raise DomainError("You belong to several workspaces; say which one (`workspace`: its slug).")
     return choices[0]

@@ -18,6 +18,9 @@ from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import close_old_connections
 
+from cluster import inventory, services
+from cluster.cache import ArtifactCache
+
 log = logging.getLogger(__name__)
 
 
@@ -45,8 +48,6 @@ def config_from_env() -> AgentConfig | None:
 @cache
 def local_cache():
     """The artifact cache of the node this agent serves."""
-    from cluster.cache import ArtifactCache
-
     config = config_from_env()
     if config is None:
         raise RuntimeError("Node tasks run only in a node agent (manage.py node_agent).")
@@ -64,8 +65,6 @@ class Reporter(threading.Thread):
         self.wake = threading.Event()
 
     def run(self) -> None:
-        from cluster import inventory, services
-
         node = services.node_register(
             name=self.config.name,
             address=self.config.address,

@@ -8,3 +8,7 @@ class ClusterConfig(AppConfig):
 
     def ready(self) -> None:
         from cluster import agent  # noqa: F401 (connects the node agent's worker signals)
+        from cluster.selectors import leases_of
+        from registry import dependents
+
+        dependents.register(leases_of)  # an artifact a node's cache leases is in use

@@ -3,6 +3,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.utils import timezone
 
@@ -87,15 +89,6 @@ class Accelerator(models.Model):
     def __str__(self) -> str:
         return f"{self.node.name}/{self.kind}{self.index} {self.name}"
 
-    def running(self) -> list:
-        """The deployments that should run on this accelerator (a CPU hosts every CPU deployment of its node)."""
-        from deployments.models import Deployment
-
-        on_node = Deployment.objects.filter(node_id=self.node_id, desired=Deployment.Desired.RUNNING)
-        if self.kind == self.Kind.CPU:
-            return list(on_node.filter(device="cpu"))
-        return [d for d in on_node.filter(device="cuda") if self.index in d.accelerator_indices]
-
     @property
     def memory_used_percent(self) -> int:
         if not self.memory_total_bytes:
@@ -156,14 +149,21 @@ class CachedArtifact(models.Model):
 
 
 class CacheLease(models.Model):
-    """Something that uses a cached artifact (a deployment); leased artifacts are never evicted."""
+    """Something that uses a cached artifact (a deployment); leased artifacts are
+    never evicted. The holder is any row (a typed generic relation), so the cluster
+    needs to know nothing of what holds its leases."""
 
     cached = models.ForeignKey(CachedArtifact, on_delete=models.CASCADE, related_name="leases")
-    holder = models.CharField(max_length=100, help_text='e.g. "deployment:12"')
+    holder_type = models.ForeignKey(ContentType, on_delete=models.CASCADE, related_name="+")
+    holder_id = models.PositiveBigIntegerField()
+    holder = GenericForeignKey("holder_type", "holder_id")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["cached", "holder"], name="one_lease_per_holder")]
+        constraints = [
+            models.UniqueConstraint(fields=["cached", "holder_type", "holder_id"], name="one_lease_per_holder")
+        ]
+        indexes = [models.Index(fields=["holder_type", "holder_id"], name="lease_by_holder")]
 
     def __str__(self) -> str:
-        return f"{self.holder} uses {self.cached}"
+        return f"{self.holder_type.model} {self.holder_id} uses {self.cached}"

@@ -20,24 +20,10 @@ def nodes_with_details(user) -> QuerySet[Node]:
 
 def leases_of(artifact) -> list[str]:
     """Who uses `artifact` on which node, as "deployment chat on gpu-1"."""
-    from deployments.models import Deployment
-
-    leases = list(
-        CacheLease.objects.filter(cached__artifact=artifact).select_related("cached__node").order_by("holder")
+    leases = (
+        CacheLease.objects.filter(cached__artifact=artifact)
+        .select_related("cached__node", "holder_type")
+        .prefetch_related("holder")
+        .order_by("holder_type", "holder_id", "cached__node__name")
     )
-    ids = [
-        int(pk)
-        for kind, _, pk in (lease.holder.partition(":") for lease in leases)
-        if kind == "deployment" and pk.isdigit()
-    ]
-    names = dict(Deployment.objects.filter(pk__in=ids).values_list("pk", "name"))
-    described = []
-    for lease in leases:
-        kind, _, pk = lease.holder.partition(":")
-        who = (
-            f"deployment {names[int(pk)]}"
-            if kind == "deployment" and pk.isdigit() and int(pk) in names
-            else lease.holder
-        )
-        described.append(f"{who} on {lease.cached.node.name}")
-    return described
+    return [f"{lease.holder_type.name} {lease.holder} on {lease.cached.node.name}" for lease in leases]

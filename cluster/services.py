@@ -8,10 +8,12 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import transaction
+from django.contrib.contenttypes.models import ContentType
+from django.db import models, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from cluster import tasks
 from cluster.cache import ArtifactCache, FetchCancelled, FetchError, Wanted, evict_lru
 from cluster.inventory import Inventory, cpu_name
 from cluster.models import Accelerator, CachedArtifact, CacheLease, Node
@@ -107,8 +109,6 @@ def artifact_fetch_request(*, artifact: Artifact, node: Node) -> CachedArtifact:
     """Asks `node` to bring `artifact` into its cache. A fetch already under
     way is shared, a cached artifact is reused; otherwise queues one on the
     node's own queue. Returns the cache entry to poll."""
-    from cluster.tasks import fetch_artifact
-
     if artifact.status != ArtifactStatus.READY:
         raise DomainError(
             f"{artifact.name} is {artifact.get_status_display().lower()}; only ready artifacts can be fetched."
@@ -140,7 +140,7 @@ def artifact_fetch_request(*, artifact: Artifact, node: Node) -> CachedArtifact:
             started_at=None,
             finished_at=None,
         )
-        transaction.on_commit(lambda: fetch_artifact.apply_async(args=[cached.pk], queue=node.queue))
+        transaction.on_commit(lambda: tasks.fetch_artifact.apply_async(args=[cached.pk], queue=node.queue))
     cached.refresh_from_db()
     return cached
 
@@ -280,22 +280,38 @@ def _finish(cached_id: int, status: str, error: str) -> CachedArtifact:
 
 def fetches_resume(*, node: Node) -> list[int]:
     """Queues again the fetches a killed agent left behind on `node`; returns their ids."""
-    from cluster.tasks import fetch_artifact
-
     ids = list(CachedArtifact.objects.filter(node=node, status__in=CachedArtifact.ACTIVE).values_list("pk", flat=True))
     for pk in ids:
-        fetch_artifact.apply_async(args=[pk], queue=node.queue)
+        tasks.fetch_artifact.apply_async(args=[pk], queue=node.queue)
     return ids
 
 
-def cache_lease(*, cached: CachedArtifact, holder: str) -> CacheLease:
-    lease, _ = CacheLease.objects.get_or_create(cached=cached, holder=holder)
-    CachedArtifact.objects.filter(pk=cached.pk).update(last_used_at=timezone.now())
+# How often a lease held on every supervisor tick refreshes its artifact's "last used" time (for eviction).
+LEASE_TOUCH_SECONDS = 60
+
+
+def cache_lease(*, cached: CachedArtifact, holder: models.Model) -> CacheLease:
+    """Records that `holder` (a row of any kind: a deployment) uses `cached`, which
+    keeps it from eviction. The supervisor calls this on every tick for what it
+    runs, so it writes only when the lease is new or "last used" is a minute old."""
+    lease, created = CacheLease.objects.get_or_create(
+        cached=cached, holder_type=ContentType.objects.get_for_model(holder), holder_id=holder.pk
+    )
+    now = timezone.now()
+    if created or cached.last_used_at is None or (now - cached.last_used_at).total_seconds() > LEASE_TOUCH_SECONDS:
+        CachedArtifact.objects.filter(pk=cached.pk).update(last_used_at=now)
+        cached.last_used_at = now
     return lease
 
 
-def cache_release(*, cached: CachedArtifact, holder: str) -> None:
-    CacheLease.objects.filter(cached=cached, holder=holder).delete()
+def cache_release(*, holder: models.Model, cached: CachedArtifact | None = None, node: Node | None = None) -> int:
+    """Ends the leases `holder` has: on `cached` only, or on `node`, or everywhere. Returns how many."""
+    leases = CacheLease.objects.filter(holder_type=ContentType.objects.get_for_model(holder), holder_id=holder.pk)
+    if cached is not None:
+        leases = leases.filter(cached=cached)
+    if node is not None:
+        leases = leases.filter(cached__node=node)
+    return leases.delete()[0]
 
 
 def cache_evict(*, node: Node, cache: ArtifactCache) -> list[str]:

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from cluster import services
-from cluster.agent import local_cache
+from cluster import agent, services
 from cluster.models import CachedArtifact
 
 
@@ -11,7 +10,7 @@ from cluster.models import CachedArtifact
 @shared_task(time_limit=24 * 3600, soft_time_limit=24 * 3600 - 60, acks_late=True)
 def fetch_artifact(cached_id: int) -> None:
     """Brings an artifact into this node's cache (claimed only if still queued or left running)."""
-    services.artifact_fetch_run(cached_id=cached_id, cache=local_cache())
+    services.artifact_fetch_run(cached_id=cached_id, cache=agent.local_cache())
 
 
 @shared_task(time_limit=600, acks_late=True)
@@ -20,12 +19,10 @@ def remove_cached_artifact(cached_id: int) -> None:
     cached = CachedArtifact.objects.filter(pk=cached_id).select_related("artifact", "node").first()
     if cached is None:
         return
-    services.cache_remove(cached=cached, cache=local_cache())
+    services.cache_remove(cached=cached, cache=agent.local_cache())
 
 
 @shared_task(time_limit=60)
 def report_now() -> None:
     """Broadcast to every node agent: report the inventory now rather than at the next heartbeat."""
-    from cluster.agent import report_once
-
-    report_once()
+    agent.report_once()

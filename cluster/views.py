@@ -5,7 +5,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.access import get_for
-from cluster import selectors, services
+from cluster import occupancy, selectors, services
 from cluster.forms import FetchForm
 from cluster.models import CachedArtifact
 from cluster.tasks import remove_cached_artifact
@@ -16,10 +16,11 @@ from registry.models import Artifact
 def cluster_page(request):
     nodes = list(selectors.nodes_with_details(request.user))
     mine = set(request.user.memberships.values_list("workspace_id", flat=True))
+    running = occupancy.running_on(a for node in nodes for a in node.accelerators.all())
     for node in nodes:
         for accelerator in node.accelerators.all():
             # Another workspace's deployment takes the accelerator, but its name is not ours to show.
-            accelerator.shown_running = [d if d.workspace_id in mine else None for d in accelerator.running()]
+            accelerator.shown_running = [d if d.workspace_id in mine else None for d in running.get(accelerator.pk, [])]
     template = "cluster/cluster.html#nodes" if request.htmx else "cluster/cluster.html"
     return render(request, template, {"nodes": nodes})
 

@@ -9,6 +9,7 @@ from celery.signals import task_postrun, worker_ready, worker_shutdown
 from django.db import close_old_connections
 
 from cluster.agent import config_from_env, local_cache
+from deployments.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,6 @@ def wake() -> None:
 
 
 def _loop(node_name: str, log_dir) -> None:
-    from deployments.supervisor import Supervisor
-
     supervisor = Supervisor(node_name, local_cache(), log_dir)
     while not _stopping.is_set():
         try:

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+from django.contrib.contenttypes.fields import GenericRelation
 from django.db import models
 from django.urls import reverse
 
 from accounts.models import Workspace
-from cluster.models import Node
+from cluster.models import CacheLease, Node
 from registry.models import Artifact
 
 
@@ -69,6 +70,8 @@ class Deployment(models.Model):
     created_by = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The node caches' leases it holds on its base model and adapters; deleting it ends them.
+    leases = GenericRelation(CacheLease, content_type_field="holder_type", object_id_field="holder_id")
 
     class Meta:
         ordering = ["name"]
@@ -87,10 +90,6 @@ class Deployment(models.Model):
     def base_url(self) -> str | None:
         """Where its server answers (node address and port), while it has one."""
         return f"http://{self.node.address}:{self.port}" if self.port else None
-
-    @property
-    def lease_holder(self) -> str:
-        return f"deployment:{self.pk}"
 
 
 class DeploymentAdapter(models.Model):

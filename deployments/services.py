@@ -9,10 +9,11 @@ import secrets
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
-from cluster.models import Node
+from cluster import services as cluster_services
+from cluster.models import Accelerator, Node
 from config import changes
 from config.errors import DomainError
-from deployments import memory, placement, vllm_args
+from deployments import memory, placement, tasks, vllm_args
 from deployments.models import Deployment, DeploymentAdapter, DeploymentEvent
 from registry.models import Artifact, ArtifactKind, Compatibility
 from registry.vault import seal
@@ -36,10 +37,8 @@ def _nudge(deployment: Deployment) -> None:
 
 
 def _nudge_node(node: Node) -> None:
-    from deployments.tasks import reconcile_now
-
     queue = node.queue
-    transaction.on_commit(lambda: reconcile_now.apply_async(queue=queue, expires=30))
+    transaction.on_commit(lambda: tasks.reconcile_now.apply_async(queue=queue, expires=30))
 
 
 def deployment_transition(*, deployment: Deployment, status: str, reason: str, **fields) -> Deployment:
@@ -177,8 +176,6 @@ def deployment_create(
 def accelerator_states(*, excluding: Deployment | None = None) -> list[placement.AcceleratorState]:
     """Every accelerator as placement sees it: a GPU is busy while a deployment
     that should run holds it (other than `excluding`, which is being moved)."""
-    from cluster.models import Accelerator
-
     held: set[tuple[int, int]] = set()
     holders = Deployment.objects.filter(desired=Deployment.Desired.RUNNING, device="cuda")
     if excluding is not None:
@@ -319,12 +316,10 @@ def deployment_start(*, deployment: Deployment) -> Deployment:
 
 def deployment_delete(*, deployment: Deployment) -> None:
     """Deletes a stopped deployment and releases its cached artifacts."""
-    from cluster.models import CacheLease
-
     if deployment.desired != Deployment.Desired.STOPPED or deployment.status != Deployment.Status.STOPPED:
         raise DomainError("Stop the deployment and wait until it has stopped before deleting it.")
     with transaction.atomic():
-        CacheLease.objects.filter(holder=deployment.lease_holder).delete()
+        cluster_services.cache_release(holder=deployment)
         deployment.delete()
         changes.announce()
 
@@ -448,10 +443,8 @@ def deployment_release(*, deployment: Deployment, node: Node, reason: str) -> De
     """Records that `node` no longer runs a server for a deployment that moved
     away (its supervisor stopped it, or the node is offline): its cached
     artifacts there are released and the node it moved to may start it."""
-    from cluster.models import CacheLease
-
     with transaction.atomic():
-        CacheLease.objects.filter(holder=deployment.lease_holder, cached__node=node).delete()
+        cluster_services.cache_release(holder=deployment, node=node)
         status = (
             Deployment.Status.RESTARTING
             if deployment.desired == Deployment.Desired.RUNNING

@@ -221,7 +221,7 @@ class Supervisor:
                     return None
                 cached = cluster_services.artifact_fetch_request(artifact=artifact, node=d.node)
             if cached.status == CachedArtifact.Status.READY:
-                cluster_services.cache_lease(cached=cached, holder=d.lease_holder)
+                cluster_services.cache_lease(cached=cached, holder=d)
                 entries[artifact.pk] = cached
             else:
                 waiting.append(artifact)

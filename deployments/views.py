@@ -4,15 +4,16 @@ from datetime import UTC, datetime
 
 from django.conf import settings as django_settings
 from django.contrib import messages
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
-from accounts.access import can_write, get_for
+from accounts.access import can_write, get_for, workspace_for_write
 from config import charts as charts_module
 from config.errors import DomainError
 from config.views import confirm_delete
-from deployments import server_metrics, services
+from deployments import server_metrics, services, wizard
 from deployments.forms import DeploymentEditForm
 from deployments.models import Deployment
 from registry.models import Artifact, Compatibility
@@ -148,11 +149,6 @@ WIZARD = "deploy_wizard"
 
 def deploy_wizard(request, step: str = "base"):
     """The five-step deploy wizard; answers are kept in the session until Deploy."""
-    from django.http import Http404
-
-    from accounts.access import workspace_for_write
-    from deployments import wizard
-
     if step not in wizard.STEPS:
         raise Http404
     data = request.session.get(WIZARD, {})

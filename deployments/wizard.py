@@ -10,7 +10,7 @@ from django.conf import settings as django_settings
 from cluster.models import CachedArtifact, Node
 from config.errors import DomainError
 from config.forms import StyledForm
-from deployments import placement, services, vllm_args
+from deployments import memory, placement, services, vllm_args
 from registry.models import Artifact, ArtifactKind, ArtifactStatus, Compatibility
 
 STEPS = ["base", "adapters", "resources", "server", "review"]
@@ -166,8 +166,6 @@ def settings_of(data: dict, device: str) -> dict:
 
 def preflight(data: dict, base: Artifact) -> list[dict]:
     """Per accelerator of every node: whether the deployment fits, and why (the resources step's table)."""
-    from deployments import memory
-
     rows = []
     states = services.accelerator_states()
     for state in states:

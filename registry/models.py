@@ -4,6 +4,7 @@ from django.db import models
 from django.urls import reverse
 
 from accounts.models import Workspace
+from registry.safetensors import Tensor
 
 
 class ConnectionKind(models.TextChoices):
@@ -188,8 +189,6 @@ class Compatibility(models.Model):
 
 def tensors_from_json(data: dict) -> dict:
     """{name: [shape, dtype, nbytes]} as stored -> {name: Tensor}."""
-    from registry.safetensors import Tensor
-
     return {
         name: Tensor(name=name, shape=tuple(shape), dtype=dtype, nbytes=nbytes)
         for name, (shape, dtype, nbytes) in data.items()

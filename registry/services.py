@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from accounts.models import Workspace
 from config.errors import DomainError
-from registry.compatibility import check_fit, runtime_problems
+from registry import dependents, tasks
+from registry.compatibility import adapter_rank, check_fit, runtime_problems
 from registry.inspection import Inspection, inspect_source
 from registry.models import (
     Artifact,
@@ -25,6 +26,7 @@ from registry.models import (
     tensors_to_json,
 )
 from registry.sources import SourceError, check_connection, open_source
+from registry.sources.local import confined_root
 from registry.vault import seal, unseal
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,6 @@ def _validate_connection(connection: Connection) -> None:
     if connection.kind == ConnectionKind.S3 and not connection.bucket:
         raise DomainError("An S3 connection needs a bucket.")
     if connection.kind == ConnectionKind.LOCAL:
-        from registry.sources.local import confined_root
-
         try:
             confined_root(connection.root_path)
         except SourceError as exc:
@@ -133,8 +133,6 @@ def artifact_register(
     user=None,
 ) -> Artifact:
     """Registers a base model or adapter as pending and queues its inspection."""
-    from registry.tasks import inspect_artifact
-
     if kind not in ArtifactKind.values:
         raise DomainError(f"Unknown kind “{kind}”; use “base” or “adapter”.")
     if connection.workspace_id != workspace.pk:
@@ -156,7 +154,7 @@ def artifact_register(
     try:
         with transaction.atomic():
             artifact.save()
-            transaction.on_commit(lambda: inspect_artifact.delay(artifact.pk))
+            transaction.on_commit(lambda: tasks.inspect_artifact.delay(artifact.pk))
     except IntegrityError:
         raise DomainError(f"This workspace already has a model or adapter named “{name}”.") from None
     return artifact
@@ -164,8 +162,6 @@ def artifact_register(
 
 def artifact_update(*, artifact: Artifact, **fields) -> Artifact:
     """Changes the descriptive fields; a new location or revision means a new inspection."""
-    from registry.tasks import inspect_artifact
-
     editable = {"name", "description", "tags", "license", "location", "revision"}
     reinspect = False
     for key, value in fields.items():
@@ -184,7 +180,7 @@ def artifact_update(*, artifact: Artifact, **fields) -> Artifact:
         with transaction.atomic():
             artifact.save()
             if reinspect:
-                transaction.on_commit(lambda: inspect_artifact.delay(artifact.pk))
+                transaction.on_commit(lambda: tasks.inspect_artifact.delay(artifact.pk))
     except IntegrityError:
         raise DomainError(f"This workspace already has a model or adapter named “{artifact.name}”.") from None
     return artifact
@@ -192,23 +188,19 @@ def artifact_update(*, artifact: Artifact, **fields) -> Artifact:
 
 def artifact_reinspect(*, artifact: Artifact) -> Artifact:
     """Queues a fresh inspection (after the source changed, or a connection was fixed)."""
-    from registry.tasks import inspect_artifact
-
     if artifact.status == ArtifactStatus.INSPECTING:
         raise DomainError("It is being inspected right now; wait for that to finish.")
     with transaction.atomic():
         Artifact.objects.filter(pk=artifact.pk).update(status=ArtifactStatus.PENDING)
-        transaction.on_commit(lambda: inspect_artifact.delay(artifact.pk))
+        transaction.on_commit(lambda: tasks.inspect_artifact.delay(artifact.pk))
     artifact.refresh_from_db()
     return artifact
 
 
 def artifact_delete(*, artifact: Artifact) -> None:
     """Deletes an artifact, its verdicts and its cache entries; refused while
-    something (a deployment) holds a lease on it on any node."""
-    from cluster.selectors import leases_of
-
-    holders = leases_of(artifact)
+    something (a deployment, a node's cache lease) uses it."""
+    holders = dependents.users_of(artifact)
     if holders:
         raise DomainError(
             f"{artifact.name} is in use ({', '.join(holders)}); stop what uses it before deleting it.", status=409
@@ -292,8 +284,6 @@ def _empty_inspection_fields() -> dict:
 
 
 def _described_fields(kind: str, result: Inspection) -> dict:
-    from registry.compatibility import adapter_rank
-
     config = result.config
     fields = dict(
         resolved_revision=result.revision,

@@ -9,7 +9,7 @@ from django_htmx.http import HttpResponseStopPolling
 from accounts.access import can_write, get_for, workspace_for_write
 from config.errors import DomainError
 from config.views import confirm_delete
-from registry import selectors, services
+from registry import dependents, selectors, services
 from registry.forms import ArtifactEditForm, ArtifactFilterForm, ArtifactForm, ConnectionForm
 from registry.models import Artifact, Connection
 
@@ -64,11 +64,9 @@ def artifact_detail(request, pk):
             # The rest of the page (files, verdicts) changed too: reload it once.
             response["HX-Refresh"] = "true"
         return response
-    from cluster.selectors import leases_of
-
     context = {
         "artifact": artifact,
-        "used_by": leases_of(artifact),
+        "used_by": dependents.users_of(artifact),
         "verdicts": selectors.compatibility_for(artifact),
         "files": artifact.files.all(),
         "can_write": can_write(request.user, artifact.workspace),

@@ -221,7 +221,7 @@ def test_eviction_keeps_the_cache_under_quota_and_spares_what_is_in_use(cast, s3
         artifacts.append(register_and_inspect(cast.team, store, name=name, kind="base", location=f"evict/{name}"))
     alpha = node("alpha")
     leased = wait_settled(services.artifact_fetch_request(artifact=artifacts[0], node=alpha))
-    services.cache_lease(cached=leased, holder="deployment:1")
+    services.cache_lease(cached=leased, holder=cast.team)  # anything can hold a lease; deployments do
     wait_settled(services.artifact_fetch_request(artifact=artifacts[1], node=alpha))
 
     newest = wait_settled(services.artifact_fetch_request(artifact=artifacts[2], node=alpha))

@@ -147,7 +147,7 @@ def moving(cast, demo, tmp_path, stand_in_server) -> Deployment:
     )
     deployment = Deployment.objects.get(pk=pk)
     cached = CachedArtifact.objects.create(node=cpu_1, artifact=deployment.base, revision="r", status="ready")
-    CacheLease.objects.create(cached=cached, holder=deployment.lease_holder)
+    CacheLease.objects.create(cached=cached, holder=deployment)
     return services.deployment_update(deployment=deployment, node=cpu_2)
 
 
@@ -166,7 +166,7 @@ def test_the_old_node_stops_the_server_and_releases_it_before_the_new_one_starts
     assert (deployment.pid, deployment.port, deployment.launched_node) == (None, None, None)
     assert deployment.status_reason == "Stopped the server on cpu-1; it moves to cpu-2."
     assert "Stopped the server on cpu-1; it moves to cpu-2." in messages_of(deployment), "on the timeline too"
-    assert not CacheLease.objects.filter(holder=deployment.lease_holder).exists()
+    assert not deployment.leases.exists()
 
     new.tick()  # now it fetches there, to start
     deployment.refresh_from_db()

@@ -19,7 +19,7 @@ import pytest
 import requests
 from django.test import Client
 
-from cluster.models import CacheLease, Node
+from cluster.models import Node
 from conftest import DEMO_STORE
 from deployments import server_metrics, vllm_metrics
 from deployments.models import Deployment
@@ -240,7 +240,7 @@ def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, console, no_
     assert "Arr" in wait_for(lambda: _answer_or_none(gateway, "demo:pirate"), timeout=5, what="the gateway to follow")
     messages = [e.message for e in deployment.events.all()]
     assert any("Stopped the server on cpu-node; it moves to cpu-node-2" in m for m in messages), messages
-    assert not CacheLease.objects.filter(holder=deployment.lease_holder, cached__node__name="cpu-node").exists()
+    assert not deployment.leases.filter(cached__node__name="cpu-node").exists()
 
     port = deployment.port
     assert api.post(f"/api/v1/deployments/{pk}/stop/").status_code == 202
