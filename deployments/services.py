@@ -4,19 +4,23 @@ node agent's supervisor records."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django.utils.text import slugify
 
 from cluster import services as cluster_services
 from cluster.models import Accelerator, Node
 from config import changes
 from config.errors import DomainError
-from deployments import memory, placement, tasks, vllm_args
+from deployments import lifecycle, memory, placement, tasks, vllm_args
 from deployments.models import Deployment, DeploymentAdapter, DeploymentEvent
 from registry.models import Artifact, ArtifactKind, Compatibility
 from registry.vault import seal
+
+log = logging.getLogger(__name__)
 
 SETTING_KEYS = {
     "dtype", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "max_loras", "max_lora_rank",
@@ -41,16 +45,94 @@ def _nudge_node(node: Node) -> None:
     transaction.on_commit(lambda: tasks.reconcile_now.apply_async(queue=queue, expires=30))
 
 
-def deployment_transition(*, deployment: Deployment, status: str, reason: str, **fields) -> Deployment:
-    """Moves a deployment to `status` (recording an event when it changes) and saves `fields` with it."""
-    changed = deployment.status != status
-    Deployment.objects.filter(pk=deployment.pk).update(status=status, status_reason=reason, **fields)
-    if changed:
-        event_record(deployment=deployment, status=status, message=reason)
-    if changed or {"port", "pid", "launched_node"} & fields.keys():
+# Status changes -------------------------------------------------------------
+# Each is a named move that says where it may come from (deployments/lifecycle.py holds the table).
+# The check and the write are one conditional UPDATE, so a change made meanwhile by another
+# process (a stop from the web while the supervisor marks the server ready) is never overwritten.
+
+
+def _move(*, deployment: Deployment, to: str | None, reason: str, **fields) -> Deployment:
+    """Moves `deployment` to the status `to` (None: keeps it) with `fields`, if the table allows
+    the move from the status it has in the database; records an event when the status changes.
+    Raises IllegalTransition, and logs it, otherwise."""
+    current = Deployment.objects.filter(pk=deployment.pk).values_list("status", flat=True).first()
+    if current is None:
+        raise lifecycle.IllegalTransition(f"Deployment {deployment.pk} no longer exists.")
+    target = current if to is None else to
+    if to is not None:
+        try:
+            lifecycle.check(current, to)
+        except lifecycle.IllegalTransition:
+            log.error(
+                "refused to move deployment %s (%s) from %s to %s: %s",
+                deployment.pk,
+                deployment.name,
+                current,
+                to,
+                reason,
+            )
+            raise
+    updated = Deployment.objects.filter(pk=deployment.pk, status=current).update(
+        status=target, status_reason=reason, **fields
+    )
+    if updated != 1:  # it changed between the read and the write: the caller looks again
+        raise lifecycle.IllegalTransition(f"Deployment {deployment.name} changed meanwhile; not moved to {target}.")
+    if target != current:
+        event_record(deployment=deployment, status=target, message=reason)
+    if target != current or {"port", "pid", "launched_node"} & fields.keys():
         changes.announce()  # the gateway routes by status and port
     deployment.refresh_from_db()
     return deployment
+
+
+def deployment_mark_fetching(*, deployment: Deployment, reason: str) -> Deployment:
+    """The node fetches what the deployment needs before its server can start."""
+    return _move(deployment=deployment, to=lifecycle.FETCHING, reason=reason)
+
+
+def deployment_mark_started(
+    *, deployment: Deployment, pid: int, port: int, command: str, log_path: str, node: Node
+) -> Deployment:
+    """The node launched the server; it is starting (or still restarting, if it was)."""
+    restarting = deployment.status == lifecycle.RESTARTING
+    return _move(
+        deployment=deployment, to=None if restarting else lifecycle.STARTING,
+        reason=f"Started the server (pid {pid}) on port {port}.", pid=pid, port=port, started_at=timezone.now(),
+        command=command, log_path=log_path, next_start_at=None, launched_revision=deployment.revision,
+        launched_node=node,
+    )  # fmt: skip
+
+
+def deployment_mark_ready(*, deployment: Deployment, reason: str, log_tail: str | None = None) -> Deployment:
+    """The server answers its health check (after a start, or again)."""
+    fields = {"failures": 0, "ready_at": timezone.now()} if deployment.status != lifecycle.DEGRADED else {}
+    if log_tail is not None:
+        fields["log_tail"] = log_tail
+    return _move(deployment=deployment, to=lifecycle.READY, reason=reason, **fields)
+
+
+def deployment_mark_degraded(*, deployment: Deployment, reason: str) -> Deployment:
+    return _move(deployment=deployment, to=lifecycle.DEGRADED, reason=reason)
+
+
+def deployment_mark_restarting(*, deployment: Deployment, reason: str, **fields) -> Deployment:
+    """The server is being restarted: it crashed (with the backoff in `fields`), a restart or a
+    new revision was asked for, or it moved to this node and waits for the old one."""
+    allowed = {"pid", "restart_requested", "failures", "next_start_at", "log_tail"}
+    assert fields.keys() <= allowed, fields.keys() - allowed
+    return _move(deployment=deployment, to=lifecycle.RESTARTING, reason=reason, **fields)
+
+
+def deployment_mark_failed(*, deployment: Deployment, reason: str, **fields) -> Deployment:
+    """It waits for a person: too many crashes in a row, or its base model cannot be fetched."""
+    allowed = {"pid", "port", "failures", "log_tail"}
+    assert fields.keys() <= allowed, fields.keys() - allowed
+    return _move(deployment=deployment, to=lifecycle.FAILED, reason=reason, **fields)
+
+
+def deployment_mark_stopped(*, deployment: Deployment, reason: str = "Stopped.") -> Deployment:
+    """Its server is gone, as it should be; its port is free."""
+    return _move(deployment=deployment, to=lifecycle.STOPPED, reason=reason, pid=None, port=None, launched_node=None)
 
 
 def _check_adapter(*, base: Artifact, adapter: Artifact, workspace) -> None:
@@ -299,19 +381,21 @@ def deployment_stop(*, deployment: Deployment) -> Deployment:
     """Asks the supervisor to stop the server; its port and accelerators are freed."""
     if deployment.desired == Deployment.Desired.STOPPED:
         raise DomainError("It is already stopped or stopping.")
-    Deployment.objects.filter(pk=deployment.pk).update(desired=Deployment.Desired.STOPPED)
-    _nudge(deployment)
-    return deployment_transition(deployment=deployment, status=Deployment.Status.STOPPING, reason="Stop requested.")
+    with transaction.atomic():
+        Deployment.objects.filter(pk=deployment.pk).update(desired=Deployment.Desired.STOPPED)
+        _nudge(deployment)
+        return _move(deployment=deployment, to=lifecycle.STOPPING, reason="Stop requested.")
 
 
 def deployment_start(*, deployment: Deployment) -> Deployment:
     if deployment.desired == Deployment.Desired.RUNNING and not deployment.is_terminal:
         raise DomainError("It is already running or starting.")
-    Deployment.objects.filter(pk=deployment.pk).update(
-        desired=Deployment.Desired.RUNNING, failures=0, next_start_at=None
-    )
-    _nudge(deployment)
-    return deployment_transition(deployment=deployment, status=Deployment.Status.PENDING, reason="Start requested.")
+    with transaction.atomic():
+        Deployment.objects.filter(pk=deployment.pk).update(
+            desired=Deployment.Desired.RUNNING, failures=0, next_start_at=None
+        )
+        _nudge(deployment)
+        return _move(deployment=deployment, to=lifecycle.PENDING, reason="Start requested.")
 
 
 def deployment_delete(*, deployment: Deployment) -> None:
@@ -445,15 +529,13 @@ def deployment_release(*, deployment: Deployment, node: Node, reason: str) -> De
     artifacts there are released and the node it moved to may start it."""
     with transaction.atomic():
         cluster_services.cache_release(holder=deployment, node=node)
-        status = (
-            Deployment.Status.RESTARTING
-            if deployment.desired == Deployment.Desired.RUNNING
-            else Deployment.Status.STOPPED
-        )
-        unchanged = deployment.status == status  # the new node may have marked it restarting already
-        deployment = deployment_transition(
-            deployment=deployment, status=status, reason=reason, pid=None, port=None, launched_node=None
-        )
+        if deployment.desired == Deployment.Desired.STOPPED:
+            to = lifecycle.STOPPED
+        else:
+            # A failed deployment stays failed wherever it is; anything else restarts on its new node.
+            to = None if deployment.status == lifecycle.FAILED else lifecycle.RESTARTING
+        unchanged = to is None or deployment.status == to  # the new node may have marked it restarting already
+        deployment = _move(deployment=deployment, to=to, reason=reason, pid=None, port=None, launched_node=None)
         if unchanged:
             event_record(deployment=deployment, message=reason)  # the timeline shows the hand-over either way
         _nudge(deployment)

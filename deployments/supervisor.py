@@ -24,6 +24,7 @@ from cluster import services as cluster_services
 from cluster.cache import ArtifactCache
 from cluster.models import CachedArtifact, Node
 from deployments import server_metrics, services, vllm_args, vllm_metrics
+from deployments.lifecycle import IllegalTransition
 from deployments.models import Deployment, DeploymentAdapter
 from deployments.vllm_client import ServerError, VllmClient
 from registry.vault import unseal
@@ -112,6 +113,8 @@ class Supervisor:
         for deployment in mine.select_related("base", "node", "launched_node"):
             try:
                 self.reconcile(deployment, here=node)
+            except IllegalTransition as exc:
+                log.warning("reconciling %s: %s", deployment.name, exc)  # it changed meanwhile: the next tick sees how
             except Exception:
                 log.exception("reconciling %s failed", deployment.name)
         return (
@@ -136,8 +139,8 @@ class Supervisor:
             old = d.launched_node
             if old.is_online:
                 if d.desired == Deployment.Desired.RUNNING and d.status != S.RESTARTING:
-                    services.deployment_transition(
-                        deployment=d, status=S.RESTARTING, reason=f"Waiting for {old.name} to stop the old server."
+                    services.deployment_mark_restarting(
+                        deployment=d, reason=f"Waiting for {old.name} to stop the old server."
                     )
                 return
             d = services.deployment_release(
@@ -148,9 +151,7 @@ class Supervisor:
             if group_alive(d.pid):
                 self.terminate(d)
             if d.status != S.STOPPED or d.pid or d.port:
-                services.deployment_transition(
-                    deployment=d, status=S.STOPPED, reason="Stopped.", pid=None, port=None, launched_node=None
-                )
+                services.deployment_mark_stopped(deployment=d)
             return
         if d.status == S.FAILED:
             return  # waits for a person: start it again once the cause is fixed
@@ -163,28 +164,27 @@ class Supervisor:
         if d.restart_requested or (d.launched_revision and d.launched_revision != d.revision):
             reason = "Restart requested." if d.restart_requested else f"Redeploying revision {d.revision}."
             self.terminate(d)
-            services.deployment_transition(
-                deployment=d, status=S.RESTARTING, reason=reason, pid=None, restart_requested=False,
-                failures=0, next_start_at=None,
-            )  # fmt: skip
+            services.deployment_mark_restarting(
+                deployment=d, reason=reason, pid=None, restart_requested=False, failures=0, next_start_at=None
+            )
             return
         client = self.client(d)
         if d.status in (S.STARTING, S.RESTARTING, S.PENDING, S.FETCHING):
             if client.healthy():
                 self.sync_adapters(d, client, entries)
-                services.deployment_transition(
-                    deployment=d, status=S.READY, reason="The server answers on /health.", failures=0,
-                    ready_at=timezone.now(), log_tail=tail(d.log_path),
-                )  # fmt: skip
+                services.deployment_mark_ready(
+                    deployment=d, reason="The server answers on /health.", log_tail=tail(d.log_path)
+                )
             elif d.started_at and timezone.now() - d.started_at > START_TIMEOUT:
                 self.terminate(d)
                 self.crashed(d, "It did not become healthy within 10 minutes.")
             return
         if not client.healthy():
-            services.deployment_transition(deployment=d, status=S.DEGRADED, reason="/health does not answer.")
+            if d.status != S.DEGRADED:
+                services.deployment_mark_degraded(deployment=d, reason="/health does not answer.")
             return
         if d.status == S.DEGRADED:
-            services.deployment_transition(deployment=d, status=S.READY, reason="/health answers again.")
+            services.deployment_mark_ready(deployment=d, reason="/health answers again.")
         self.sync_adapters(d, client, entries)
         self.scrape(d, client)
 
@@ -215,8 +215,8 @@ class Supervisor:
             cached = CachedArtifact.objects.filter(node=d.node, artifact=artifact).first()
             if cached is None or cached.status in (CachedArtifact.Status.FAILED, CachedArtifact.Status.CANCELLED):
                 if cached is not None and cached.status == CachedArtifact.Status.FAILED and artifact == d.base:
-                    services.deployment_transition(
-                        deployment=d, status=S.FAILED, reason=f"Fetching {artifact.name} failed: {cached.error}"
+                    services.deployment_mark_failed(
+                        deployment=d, reason=f"Fetching {artifact.name} failed: {cached.error}"
                     )
                     return None
                 cached = cluster_services.artifact_fetch_request(artifact=artifact, node=d.node)
@@ -227,13 +227,11 @@ class Supervisor:
                 waiting.append(artifact)
         if d.base in waiting:
             if d.status in (S.PENDING, S.FETCHING, S.RESTARTING) and not d.pid:
-                services.deployment_transition(
-                    deployment=d, status=S.FETCHING, reason=f"Fetching {d.base.name} to {d.node.name}."
-                )
+                services.deployment_mark_fetching(deployment=d, reason=f"Fetching {d.base.name} to {d.node.name}.")
             return None
         if waiting and not d.pid:
             # The first start waits for every adapter; a live server loads late ones as they arrive.
-            services.deployment_transition(deployment=d, status=S.FETCHING, reason="Fetching the adapters.")
+            services.deployment_mark_fetching(deployment=d, reason="Fetching the adapters.")
             return None
         return entries
 
@@ -254,14 +252,14 @@ class Supervisor:
         failures = d.failures + 1
         last_lines = tail(d.log_path)
         if failures >= MAX_FAILURES:
-            services.deployment_transition(
-                deployment=d, status=S.FAILED, reason=f"{reason} It failed {failures} times in a row; last lines:\n{last_lines[-2000:]}",
+            services.deployment_mark_failed(
+                deployment=d, reason=f"{reason} It failed {failures} times in a row; last lines:\n{last_lines[-2000:]}",
                 pid=None, port=None, failures=failures, log_tail=last_lines,
             )  # fmt: skip
             return
         backoff = min(60, 2 ** (failures - 1))
-        services.deployment_transition(
-            deployment=d, status=S.RESTARTING, reason=f"{reason} Restarting in {backoff} s (attempt {failures + 1}).",
+        services.deployment_mark_restarting(
+            deployment=d, reason=f"{reason} Restarting in {backoff} s (attempt {failures + 1}).",
             pid=None, failures=failures, log_tail=last_lines, next_start_at=timezone.now() + timedelta(seconds=backoff),
         )  # fmt: skip
 
@@ -292,12 +290,14 @@ class Supervisor:
                 stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
             )  # fmt: skip
         services.adapter_mark(attached=loaded, state=DeploymentAdapter.State.LOADED)
-        services.deployment_transition(
-            deployment=d, status=S.STARTING if d.status != S.RESTARTING else S.RESTARTING,
-            reason=f"Started the server (pid {process.pid}) on port {port}.", pid=process.pid, port=port,
-            started_at=timezone.now(), command=vllm_args.display(argv), log_path=str(log_path), next_start_at=None,
-            launched_revision=d.revision, launched_node=d.node,
-        )  # fmt: skip
+        services.deployment_mark_started(
+            deployment=d,
+            pid=process.pid,
+            port=port,
+            command=vllm_args.display(argv),
+            log_path=str(log_path),
+            node=d.node,
+        )
 
     def terminate(self, d: Deployment) -> None:
         """Stops the server's whole process group and returns once every process of it is gone.

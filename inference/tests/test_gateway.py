@@ -15,6 +15,7 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.services import api_token_create
+from config import changes
 from deployments import services as deployment_services
 from deployments.models import Deployment
 from inference import services
@@ -191,7 +192,7 @@ def test_a_deployment_or_adapter_not_ready_is_503_with_retry_after(console, key,
     assert_openai_error(response, 503, "model_not_ready")
     assert int(response.headers["Retry-After"]) > 0 and "not loaded yet" in response.json()["error"]["message"]
 
-    deployment_services.deployment_transition(deployment=served, status="restarting", reason="Redeploying.")
+    deployment_services.deployment_mark_restarting(deployment=served, reason="Redeploying.")
     response = wait_for_status(
         lambda: post(console, key, {"model": "fake", "messages": CHAT}), 503, timeout=1,
         what="the restart to reach the gateway",
@@ -203,8 +204,9 @@ def test_a_deployment_or_adapter_not_ready_is_503_with_retry_after(console, key,
 def test_an_unreachable_upstream_is_502_and_a_slow_one_504(console, impatient_console, key, served):
     response = post(impatient_console, key, {"model": "fake", "messages": CHAT, "x_behaviour": "slow"})
     assert_openai_error(response, 504, "upstream_timeout")
-    # Nothing listens on the discard port.
-    deployment_services.deployment_transition(deployment=served, status="ready", reason="moved", port=9)
+    # The server answers on another port now, where nothing listens (the discard port).
+    Deployment.objects.filter(pk=served.pk).update(port=9)
+    changes.announce()
     response = wait_for_status(
         lambda: post(console, key, {"model": "fake", "messages": CHAT}), 502, timeout=1,
         what="the new port to reach the gateway",
