@@ -1,13 +1,17 @@
 from __future__ import annotations
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 
 from cluster.models import CachedArtifact, CacheLease, Node
 
 
 def cached_visible_to(user) -> QuerySet[CachedArtifact]:
-    """Cache entries of artifacts in `user`'s workspaces."""
-    return CachedArtifact.objects.filter(artifact__workspace__memberships__user=user).select_related("node", "artifact")
+    """Cache entries of artifacts in `user`'s workspaces, each with `leased` (whether something uses it)."""
+    return (
+        CachedArtifact.objects.filter(artifact__workspace__memberships__user=user)
+        .select_related("node", "artifact")
+        .annotate(leased=Exists(CacheLease.objects.filter(cached=OuterRef("pk"))))
+    )
 
 
 def nodes_with_details(user) -> QuerySet[Node]:

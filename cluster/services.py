@@ -328,6 +328,17 @@ def cache_evict(*, node: Node, cache: ArtifactCache) -> list[str]:
     return removed
 
 
+def cache_remove_request(*, cached: CachedArtifact) -> None:
+    """Asks the node's agent to remove an artifact from its cache, once this commits;
+    refused (409) while something uses it there."""
+    if cached.leases.exists():
+        raise DomainError(
+            f"{cached.artifact.name} is in use on {cached.node.name}; stop what uses it first.", status=409
+        )
+    queue = cached.node.queue
+    transaction.on_commit(lambda: tasks.remove_cached_artifact.apply_async(args=[cached.pk], queue=queue))
+
+
 def cache_remove(*, cached: CachedArtifact, cache: ArtifactCache) -> int:
     """Removes an artifact from a node's cache (refused while leased); returns the bytes freed."""
     if cached.leases.exists():

@@ -8,7 +8,6 @@ from accounts.access import get_for
 from cluster import occupancy, selectors, services
 from cluster.forms import FetchForm
 from cluster.models import CachedArtifact
-from cluster.tasks import remove_cached_artifact
 from config.errors import DomainError
 from registry.models import Artifact
 
@@ -59,11 +58,11 @@ def cached_cancel(request, pk):
 @require_POST
 def cached_remove(request, pk):
     cached = _cached_for(request, pk)
-    if cached.leases.exists():
-        messages.error(request, f"{cached.artifact.name} is in use on {cached.node.name}; stop what uses it first.")
-    else:
-        remove_cached_artifact.apply_async(args=[cached.pk], queue=cached.node.queue)
+    try:
+        services.cache_remove_request(cached=cached)
         messages.success(request, f"Removing {cached.artifact.name} from {cached.node.name}'s cache.")
+    except DomainError as exc:
+        messages.error(request, exc.message)
     return redirect(cached.artifact)
 
 

@@ -102,6 +102,7 @@ class Supervisor:
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         self._scraped_at: dict[int, float] = {}  # deployment id -> when its server's metrics were last read
+        self._clients: dict[int, tuple[tuple, VllmClient]] = {}  # deployment id -> (its server, a client for it)
 
     def tick(self) -> bool:
         """Reconciles every deployment of the node; returns whether one is in the middle of a change."""
@@ -109,8 +110,16 @@ class Supervisor:
         if node is None:
             return False
         # Also those that moved away while their server still runs here.
-        mine = Deployment.objects.filter(Q(node=node) | Q(launched_node=node))
-        for deployment in mine.select_related("base", "node", "launched_node"):
+        mine = list(
+            Deployment.objects.filter(Q(node=node) | Q(launched_node=node)).select_related(
+                "base", "node", "launched_node"
+            )
+        )
+        # What is kept per deployment goes with it.
+        for held in (self._clients, self._scraped_at):
+            for pk in held.keys() - {d.pk for d in mine}:
+                del held[pk]
+        for deployment in mine:
             try:
                 self.reconcile(deployment, here=node)
             except IllegalTransition as exc:
@@ -333,7 +342,13 @@ class Supervisor:
         return True
 
     def client(self, d: Deployment) -> VllmClient:
-        return VllmClient(d.base_url, unseal(d.encrypted_api_key)["api_key"], timeout=5)
+        """One client (one pooled HTTP session, the key unsealed once) per server, made anew when the
+        deployment's server changes (another port or process)."""
+        held = self._clients.get(d.pk)
+        if held is None or held[0] != (d.base_url, d.pid):
+            held = ((d.base_url, d.pid), VllmClient(d.base_url, unseal(d.encrypted_api_key)["api_key"], timeout=5))
+            self._clients[d.pk] = held
+        return held[1]
 
     # Adapters ----------------------------------------------------------------
 

@@ -14,8 +14,6 @@ from cluster.api.serializers import (
     NodeSerializer,
 )
 from cluster.models import Accelerator, CachedArtifact, Node
-from cluster.tasks import remove_cached_artifact
-from config.errors import DomainError
 from registry.models import Artifact
 
 
@@ -68,10 +66,5 @@ class CacheViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     @extend_schema(responses={202: None})
     def destroy(self, request, pk=None):
         """Removes the artifact from the node's cache (the node's agent does it); refused while in use."""
-        cached = self._writable()
-        if cached.leases.exists():
-            raise DomainError(
-                f"{cached.artifact.name} is in use on {cached.node.name}; stop what uses it first.", status=409
-            )
-        remove_cached_artifact.apply_async(args=[cached.pk], queue=cached.node.queue)
+        services.cache_remove_request(cached=self._writable())
         return Response(status=status.HTTP_202_ACCEPTED)

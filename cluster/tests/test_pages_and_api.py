@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -15,6 +18,7 @@ from cluster.inventory import Inventory
 from cluster.models import CachedArtifact, Node
 from cluster.nvml import Gpu
 from config.errors import DomainError
+from registry.models import Artifact, ArtifactKind, Connection
 from registry.tests.helpers import register_and_inspect, s3_connection
 from tests.support import artifacts as build
 
@@ -158,3 +162,29 @@ def test_an_artifact_in_use_on_a_node_cannot_be_deleted(cast, client, tiny, tmp_
 
     services.cache_release(cached=cached, holder=cast.member)
     assert api.delete(f"/api/v1/models/{tiny.pk}/").status_code == 204
+
+
+def test_the_polled_cluster_fragment_costs_the_same_queries_for_one_row_or_many(cast, client, tmp_path):
+    store = Connection.objects.create(workspace=cast.team, name="c", kind="local", root_path="/")
+    client.force_login(cast.member)
+
+    def fragment_queries() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(reverse("cluster:cluster"), headers={"HX-Request": "true"}).status_code == 200
+        return len(queries)
+
+    def grow(n: int) -> None:
+        node = report(f"gpu-{n}", tmp_path, gpus=[replace(H200, index=i, uuid=f"GPU-{n}-{i}") for i in range(4)])
+        for i in range(3):
+            artifact = Artifact.objects.create(
+                workspace=cast.team, name=f"m-{n}-{i}", kind=ArtifactKind.BASE, connection=store, location="m"
+            )
+            cached = CachedArtifact.objects.create(node=node, artifact=artifact, status="ready")
+            if i == 0:
+                services.cache_lease(cached=cached, holder=cast.team)
+
+    grow(1)
+    one = fragment_queries()
+    grow(2)
+    grow(3)
+    assert fragment_queries() == one, "no query per node, accelerator or cache entry"
