@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import redis
 from django.conf import settings
 
 from config import embedded_redis
@@ -17,12 +18,13 @@ DEMO_STORE = Path(settings.VAR_DIR) / "demo-store"
 
 @pytest.fixture(scope="session", autouse=True)
 def redis_server():
-    """The broker and cache the suite uses: REDIS_URL's server, or the embedded one."""
-    embedded_redis.ensure_running(settings.REDIS_URL)
-    import redis
-
+    """The broker and cache the suite uses: REDIS_URL's server, or the embedded one, which the
+    suite stops again if it started it (a test run leaves nothing running)."""
+    started = embedded_redis.ensure_running(settings.REDIS_URL)
     redis.Redis.from_url(settings.REDIS_URL).ping()
-    return settings.REDIS_URL
+    yield settings.REDIS_URL
+    if started:
+        embedded_redis.stop(settings.REDIS_URL)
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import pytest
@@ -11,10 +10,8 @@ from django.utils import timezone
 from cluster.models import Node
 from conftest import DEMO_STORE
 from deployments.models import Deployment, DeploymentAdapter
-from registry import services as registry_services
-from registry.demo import DEMO_BASE, demo_register
-from registry.tests.helpers import register_and_inspect
-from tests.support import artifacts as build
+from registry.demo import demo_register
+from tests.support.deployments import adapter_for_demo, deploy
 from tests.support.nodes import api_as, online_cpu_node
 
 pytestmark = pytest.mark.demo
@@ -28,32 +25,10 @@ def demo(cast, tmp_path):
     return artifacts
 
 
-def deploy(api, demo, **overrides):
-    body = {"name": "demo", "base": demo[DEMO_BASE].pk, "node": "cpu-1",
-            "adapters": [{"adapter": demo["pirate"].pk}], "settings": {"kv_cache_bytes": GiB}}  # fmt: skip
-    body.update(overrides)
-    return api.post("/api/v1/deployments/", body, format="json")
-
-
 def refused(response, fragment: str) -> None:
     assert response.status_code in (400, 404, 409), response.content
     assert fragment in response.json()["detail"], response.json()["detail"]
     assert not Deployment.objects.exists() and not DeploymentAdapter.objects.exists()
-
-
-def adapter_for_demo(cast, tmp_path, name: str, **kwargs):
-    """A LoRA adapter shaped for SmolLM2-135M (hidden 576, 9 heads, 3 KV heads, 30 layers)."""
-    folder = tmp_path / "adapters" / name
-    folder.mkdir(parents=True)
-    r = kwargs.pop("r", 8)
-    hidden = kwargs.pop("hidden", 576)
-    (folder / "adapter_config.json").write_text(json.dumps(build.adapter_config(r=r, base=DEMO_BASE, **kwargs)))
-    tensors = build.lora_tensors(hidden=hidden, layers=30, heads=9, kv_heads=3, r=r)
-    (folder / "adapter_model.safetensors").write_bytes(build.safetensors_bytes(tensors))
-    shelf = registry_services.connection_create(
-        workspace=cast.team, name=f"shelf-{name}", kind="local", root_path=str(tmp_path)
-    )
-    return register_and_inspect(cast.team, shelf, name=name, kind="adapter", location=f"adapters/{name}")
 
 
 def test_a_good_request_is_accepted_with_defaults_that_fit_its_adapters(cast, demo):

@@ -15,6 +15,7 @@ from django.utils import timezone
 from deployments import supervisor
 from deployments.models import Deployment
 from deployments.supervisor import Supervisor, group_alive, process_alive
+from tests.support.agents import wait_for
 
 # Ignores SIGTERM, as vLLM was seen to while it loads a model.
 STUBBORN = (
@@ -70,9 +71,7 @@ def test_stopping_ends_every_process_of_the_servers_group(tmp_path, monkeypatch)
     )
     engine_pid = int(server.stdout.readline())
     try:
-        wait_up = time.monotonic() + 10
-        while not group_alive(server.pid) and time.monotonic() < wait_up:
-            time.sleep(0.05)
+        wait_for(lambda: group_alive(server.pid), timeout=10, every=0.05, what="the stand-in server to start")
 
         Supervisor("n", None, tmp_path).terminate(Deployment(pid=server.pid))
 

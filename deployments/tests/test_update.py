@@ -13,14 +13,13 @@ import pytest
 from django.utils import timezone
 
 from cluster.models import CachedArtifact, CacheLease, Node
-from cluster.tests.test_gpu_inventory import gpu_node
 from conftest import DEMO_STORE
 from deployments import services, vllm_args
 from deployments.models import Deployment
 from deployments.supervisor import Supervisor, process_alive
-from deployments.tests.test_create import deploy, online_cpu_node
 from registry.demo import DEMO_BASE, demo_register
-from tests.support.nodes import api_as
+from tests.support.deployments import deploy
+from tests.support.nodes import api_as, gpu_node, online_cpu_node
 
 pytestmark = pytest.mark.demo
 GiB = 1 << 30

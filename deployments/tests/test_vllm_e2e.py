@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import time
 
 import openai
 import pytest
@@ -213,7 +212,9 @@ def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, console, no_
         timeout=60,
         what="the agent to come back",
     )
-    time.sleep(3)  # a few supervisor ticks
+    # The new agent's supervisor reads the server's figures only once it has reconciled it as ready.
+    scraped = len(server_metrics.window(pk))
+    wait_for(lambda: len(server_metrics.window(pk)) > scraped, timeout=30, what="the new agent to reconcile the server")
     deployment = Deployment.objects.get(pk=pk)
     assert (deployment.pid, deployment.status) == (pid, "ready"), "the server was adopted, not restarted"
     assert "Paris" in ask(deployment, "demo")

@@ -8,8 +8,9 @@ from django.urls import reverse
 from cluster.models import Node
 from conftest import DEMO_STORE
 from deployments.models import Deployment
-from deployments.tests.test_create import adapter_for_demo, online_cpu_node
 from registry.demo import DEMO_BASE, demo_register
+from tests.support.deployments import adapter_for_demo
+from tests.support.nodes import online_cpu_node
 
 pytestmark = pytest.mark.demo
 

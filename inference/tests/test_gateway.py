@@ -20,8 +20,8 @@ from deployments import services as deployment_services
 from deployments.models import Deployment
 from inference import services
 from inference.models import UsageRecord
-from inference.tests.conftest import demo_deployment, serve_from
 from tests.support.agents import wait_for
+from tests.support.deployments import demo_deployment, serve_from
 from tests.support.nodes import online_cpu_node
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.demo]

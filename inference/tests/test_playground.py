@@ -12,7 +12,7 @@ from django.urls import reverse
 
 from deployments import services as deployment_services
 from deployments.models import Deployment
-from inference.tests.conftest import demo_deployment
+from tests.support.deployments import demo_deployment
 from tests.support.nodes import online_cpu_node
 
 pytestmark = [pytest.mark.django_db, pytest.mark.demo]

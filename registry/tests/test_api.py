@@ -7,6 +7,7 @@ from rest_framework.test import APIClient
 
 from registry.tests.helpers import register_and_inspect, s3_connection
 from tests.support import artifacts as build
+from tests.support.agents import wait_for
 from tests.support.nodes import api_as
 
 
@@ -100,7 +101,6 @@ def test_a_model_detail_has_its_manifest_and_verdicts(cast, catalogue):
 
 def test_registering_answers_202_and_a_worker_brings_it_to_ready(cast, s3_server, celery_worker_thread):
     """Through the API, Redis and a real Celery worker, as in production."""
-    import time
 
     s3_server.put_files("models", "queued", build.base_model_files())
     store = s3_connection(cast.team, s3_server)
@@ -111,11 +111,12 @@ def test_registering_answers_202_and_a_worker_brings_it_to_ready(cast, s3_server
     )
     assert response.status_code == 202
     assert response.json()["status"] == "pending"
-    deadline = time.monotonic() + 60
-    while (status := api.get(f"/api/v1/models/{response.json()['id']}/").json()["status"]) not in ("ready", "invalid"):
-        assert time.monotonic() < deadline, f"still {status}"
-        time.sleep(0.2)
-    assert status == "ready"
+    settled = wait_for(
+        lambda: (status := api.get(f"/api/v1/models/{response.json()['id']}/").json()["status"]) in ("ready", "invalid")
+        and status,
+        timeout=60, every=0.2, what="the inspection to settle",
+    )  # fmt: skip
+    assert settled == "ready"
 
 
 def test_a_duplicate_name_is_refused_with_a_message(cast, catalogue):
