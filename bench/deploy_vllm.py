@@ -377,25 +377,22 @@ class Bench:
     def argv_for(self, d, adapters: list[tuple[str, object]], *, port: int, api_key: str):
         """The argv and environment additions supervisor.launch builds for `d` with `adapters`
         [(served name, Artifact)], at `port` with `api_key`: the same cache paths and settings."""
-        from django.conf import settings
 
         from cluster.cache import ArtifactCache
         from cluster.models import CachedArtifact
-        from deployments import services, vllm_args
+        from deployments import services
 
         cache = ArtifactCache(self.cache_dir)
 
         def path(artifact) -> str:
             return str(cache.artifact_path(CachedArtifact.objects.get(node=d.node, artifact=artifact).key))
 
-        spec = services.server_spec(
+        return services.server_command(
             name=d.name, device=d.device, indices=d.accelerator_indices, options=d.settings,
             model_path=path(d.base), adapters=[(s, path(a), a.rank or 1) for s, a in adapters],
-            host=d.node.address, port=port, api_key=api_key,
-            extra_args=vllm_args.parse_extra_args(d.extra_args, allow_trust_remote_code=True),
-            extra_env=vllm_args.parse_env(d.extra_env, allow_trust_remote_code=True),
+            host=d.node.address, port=port, api_key=api_key, extra_args=d.extra_args, extra_env=d.extra_env,
+            allow_trust_remote_code=True,
         )  # fmt: skip
-        return vllm_args.build_command(str(settings.PLUGBOARD_VLLM_PYTHON), spec)
 
     # The console's side ----------------------------------------------------------
 

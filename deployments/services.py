@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import secrets
 
+from django.conf import settings as django_settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
@@ -197,8 +198,6 @@ def deployment_create(
     try:
         options.setdefault("max_lora_rank", vllm_args.default_max_lora_rank(ranks))
         options.setdefault("max_loras", vllm_args.default_max_loras(len(served), device=device))
-        args = vllm_args.parse_extra_args(extra_args, allow_trust_remote_code=allow_trust_remote_code)
-        env = vllm_args.parse_env(extra_env, allow_trust_remote_code=allow_trust_remote_code)
     except vllm_args.ArgumentError as exc:
         raise DomainError(str(exc)) from None
     need = memory_estimate(base=base, device=device, options=options)
@@ -219,15 +218,11 @@ def deployment_create(
             )  # fmt: skip
     except placement.PlacementError as exc:
         raise DomainError(str(exc)) from None
-    try:
-        spec = server_spec(
-            name=name, device=device, indices=tuple(accelerator_indices or ()), options=options,
-            model_path="/model", adapters=[(s, "/adapter", a.rank or 1) for a, s in served],
-            host="127.0.0.1", port=8000, api_key="check", extra_args=args, extra_env=env,
-        )  # fmt: skip
-        vllm_args.validate(spec)
-    except vllm_args.ArgumentError as exc:
-        raise DomainError(str(exc)) from None
+    server_command(
+        name=name, device=device, indices=tuple(accelerator_indices or ()), options=options,
+        adapters=[(s, "/adapter", a.rank or 1) for a, s in served], extra_args=extra_args, extra_env=extra_env,
+        allow_trust_remote_code=allow_trust_remote_code,
+    )  # fmt: skip
 
     try:
         with transaction.atomic():
@@ -299,31 +294,46 @@ def memory_estimate(*, base: Artifact, device: str, options: dict) -> memory.Est
     )  # fmt: skip
 
 
-def server_spec(*, name, device, indices, options, model_path, adapters, host, port, api_key, extra_args, extra_env):
-    """The ServerSpec for a deployment's settings (shared by creation's checks and the supervisor's launch)."""
-    return vllm_args.ServerSpec(
-        model_path=model_path,
-        served_name=name,
-        host=host,
-        port=port,
-        api_key=api_key,
-        adapters=tuple(vllm_args.AdapterSpec(served_name=f"{name}:{s}", path=p, rank=r or 1) for s, p, r in adapters),
-        device=device,
-        gpu_indices=tuple(indices) if device == "cuda" else (),
-        dtype=options.get("dtype", "auto"),
-        max_model_len=options.get("max_model_len"),
-        gpu_memory_utilization=options.get("gpu_memory_utilization"),
-        tensor_parallel_size=options.get("tensor_parallel_size", max(1, len(indices)) if device == "cuda" else 1),
-        max_loras=options["max_loras"],
-        max_lora_rank=options["max_lora_rank"],
-        max_cpu_loras=options.get("max_cpu_loras"),
-        enable_prefix_caching=options.get("enable_prefix_caching"),
-        enforce_eager=options.get("enforce_eager", False),
-        kv_cache_bytes=options.get("kv_cache_bytes"),
-        cpu_threads=options.get("cpu_threads"),
-        extra_args=tuple(extra_args),
-        extra_env=dict(extra_env),
-    )
+def server_command(
+    *, name: str, device: str, indices, options: dict, extra_args: str, extra_env: str,
+    allow_trust_remote_code: bool, model_path: str = "/model", adapters=(), host: str = "127.0.0.1",
+    port: int = 8000, api_key: str = "check",
+) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+    """The one way a deployment's server command is made, for the checks at creation and edit,
+    the wizard's review, the node's launch and the benchmark: the extra arguments and
+    environment parsed once, the whole spec validated, then the argv and the environment
+    the server gets on top of its own. `adapters` are (served name, path, rank). Raises
+    DomainError listing every problem."""
+    try:
+        spec = vllm_args.ServerSpec(
+            model_path=model_path,
+            served_name=name,
+            host=host,
+            port=port,
+            api_key=api_key,
+            adapters=tuple(
+                vllm_args.AdapterSpec(served_name=f"{name}:{s}", path=p, rank=r or 1) for s, p, r in adapters
+            ),
+            device=device,
+            gpu_indices=tuple(indices) if device == "cuda" else (),
+            dtype=options.get("dtype", "auto"),
+            max_model_len=options.get("max_model_len"),
+            gpu_memory_utilization=options.get("gpu_memory_utilization"),
+            tensor_parallel_size=options.get("tensor_parallel_size", max(1, len(indices)) if device == "cuda" else 1),
+            max_loras=options["max_loras"],
+            max_lora_rank=options["max_lora_rank"],
+            max_cpu_loras=options.get("max_cpu_loras"),
+            enable_prefix_caching=options.get("enable_prefix_caching"),
+            enforce_eager=options.get("enforce_eager", False),
+            kv_cache_bytes=options.get("kv_cache_bytes"),
+            cpu_threads=options.get("cpu_threads"),
+            extra_args=tuple(vllm_args.parse_extra_args(extra_args, allow_trust_remote_code=allow_trust_remote_code)),
+            extra_env=dict(vllm_args.parse_env(extra_env, allow_trust_remote_code=allow_trust_remote_code)),
+        )
+        vllm_args.validate(spec)
+    except vllm_args.ArgumentError as exc:
+        raise DomainError(str(exc)) from None
+    return vllm_args.build_command(str(django_settings.PLUGBOARD_VLLM_PYTHON), spec)
 
 
 def adapter_attach(*, deployment: Deployment, adapter: Artifact, served_name: str = "") -> DeploymentAdapter:
@@ -453,16 +463,11 @@ def deployment_update(
             deployment=deployment, node=new_node, indices=indices, options=options, given=given, adapters=len(attached)
         )
     options.setdefault("max_loras", vllm_args.default_max_loras(len(attached), device=device))
-    try:
-        args = vllm_args.parse_extra_args(extra_args, allow_trust_remote_code=allow_trust_remote_code)
-        env = vllm_args.parse_env(extra_env, allow_trust_remote_code=allow_trust_remote_code)
-        vllm_args.validate(server_spec(
-            name=deployment.name, device=device, indices=tuple(indices),
-            options=options, model_path="/model", adapters=[(a.served_name, "/adapter", a.adapter.rank or 1) for a in attached],
-            host="127.0.0.1", port=8000, api_key="check", extra_args=args, extra_env=env,
-        ))  # fmt: skip
-    except vllm_args.ArgumentError as exc:
-        raise DomainError(str(exc)) from None
+    server_command(
+        name=deployment.name, device=device, indices=tuple(indices), options=options,
+        adapters=[(a.served_name, "/adapter", a.adapter.rank or 1) for a in attached], extra_args=extra_args,
+        extra_env=extra_env, allow_trust_remote_code=allow_trust_remote_code,
+    )  # fmt: skip
     changed = [
         k for k in sorted(set(options) | set(deployment.settings)) if options.get(k) != deployment.settings.get(k)
     ]

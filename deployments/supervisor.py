@@ -16,7 +16,6 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
@@ -280,15 +279,13 @@ class Supervisor:
             for a in d.adapters.exclude(state=DeploymentAdapter.State.DETACHING).select_related("adapter")
             if a.adapter_id in entries
         ]
-        spec = services.server_spec(
+        argv, env_additions = services.server_command(
             name=d.name, device=d.device, indices=d.accelerator_indices, options=d.settings,
             model_path=str(self.cache.artifact_path(entries[d.base_id].key)),
             adapters=[(a.served_name, str(self.cache.artifact_path(entries[a.adapter_id].key)), a.adapter.rank or 1) for a in loaded],
-            host=d.node.address, port=port, api_key=api_key,
-            extra_args=vllm_args.parse_extra_args(d.extra_args, allow_trust_remote_code=True),
-            extra_env=vllm_args.parse_env(d.extra_env, allow_trust_remote_code=True),
+            host=d.node.address, port=port, api_key=api_key, extra_args=d.extra_args, extra_env=d.extra_env,
+            allow_trust_remote_code=True,
         )  # fmt: skip
-        argv, env_additions = vllm_args.build_command(str(settings.PLUGBOARD_VLLM_PYTHON), spec)
         log_path = self.log_dir / f"{d.name}.log"
         with open(log_path, "ab") as log_file:
             log_file.write(f"\n==== starting revision {d.revision} at {timezone.now().isoformat()} ====\n".encode())

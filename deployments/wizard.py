@@ -218,14 +218,12 @@ def command_preview(data: dict, base: Artifact, placed: tuple[Node, str, list[in
 
     name = data["base"]["name"]
     server = data.get("server", {})
-    spec = services.server_spec(
+    argv, env = services.server_command(
         name=name, device=device, indices=indices, options=options, model_path=path(base),
         adapters=[(services._served_name(s or a.name), path(a), a.rank or 1) for a, s in chosen_adapters(data)],
-        host=node.address, port=1, api_key="secret",
-        extra_args=vllm_args.parse_extra_args(server.get("extra_args", ""), allow_trust_remote_code=True),
-        extra_env=vllm_args.parse_env(server.get("extra_env", ""), allow_trust_remote_code=True),
+        host=node.address, port=1, api_key="secret", extra_args=server.get("extra_args", ""),
+        extra_env=server.get("extra_env", ""), allow_trust_remote_code=True,
     )  # fmt: skip
-    argv, env = vllm_args.build_command(str(django_settings.PLUGBOARD_VLLM_PYTHON), spec)
     argv[argv.index("--port") + 1] = "<port chosen by the node>"
     environment = " ".join(f"{k}={v}" for k, v in sorted(env.items()))
     return f"{environment} {vllm_args.display(argv)}"

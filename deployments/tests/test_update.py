@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from cluster.models import CachedArtifact, CacheLease, Node
 from conftest import DEMO_STORE
-from deployments import services, vllm_args
+from deployments import services
 from deployments.models import Deployment
 from deployments.supervisor import Supervisor, process_alive
 from registry.demo import DEMO_BASE, demo_register
@@ -114,12 +114,15 @@ def test_the_demo_is_placed_on_the_recorded_h200_and_told_to_use_that_gpu(cast, 
     deployment = services.deployment_create(workspace=cast.team, name="on-gpu", base=base)
 
     assert (deployment.node.name, deployment.device, deployment.accelerator_indices) == ("gpu-1", "cuda", [0])
-    spec = services.server_spec(
-        name=deployment.name, device=deployment.device, indices=deployment.accelerator_indices,
-        options=deployment.settings, model_path="/m", adapters=[], host="127.0.0.1", port=1, api_key="k",
-        extra_args=[], extra_env={},
-    )  # fmt: skip
-    _, env = vllm_args.build_command("/v/bin/python", spec)
+    _, env = services.server_command(
+        name=deployment.name,
+        device=deployment.device,
+        indices=deployment.accelerator_indices,
+        options=deployment.settings,
+        extra_args="",
+        extra_env="",
+        allow_trust_remote_code=False,
+    )
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
 
 
