@@ -192,3 +192,30 @@ def check_manual(
             )
     if problems:
         raise PlacementError(" ".join(problems))
+
+
+def decide(
+    accelerators: Iterable[AcceleratorState],
+    *,
+    device: str,
+    node: str | None,
+    indices: Sequence[int] = (),
+    count: int = 1,
+    need_bytes: int,
+    gpu_memory_utilization: float | None = None,
+) -> Placement:
+    """Where a deployment runs: on `node` and its `indices` when a person chose them
+    (checked), or, when `node` is None, the best fit for `count` accelerators. The one
+    placement every path (the API, the wizard, an edit) goes through; raises
+    PlacementError saying what is wrong or missing."""
+    accelerators = list(accelerators)
+    if node is None:
+        return place(
+            accelerators, device=device, count=count, need_bytes=need_bytes,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )  # fmt: skip
+    check_manual(
+        accelerators, node=node, indices=indices, device=device, need_bytes=need_bytes,
+        gpu_memory_utilization=gpu_memory_utilization,
+    )  # fmt: skip
+    return Placement(node=node, indices=tuple(indices) if _kind(device) == "gpu" else ())

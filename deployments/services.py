@@ -201,23 +201,18 @@ def deployment_create(
     except vllm_args.ArgumentError as exc:
         raise DomainError(str(exc)) from None
     need = memory_estimate(base=base, device=device, options=options)
+    if node is not None and not node.is_online:
+        raise DomainError(f"The node {node.name} is offline: its agent has not reported for a while.")
     try:
-        if node is None:
-            placed = placement.place(
-                states, device=device, count=options.get("tensor_parallel_size", 1), need_bytes=need.needed,
-                gpu_memory_utilization=options.get("gpu_memory_utilization"),
-            )  # fmt: skip
-            node = Node.objects.get(name=placed.node)
-            accelerator_indices = list(placed.indices) if device == "cuda" else []
-        else:
-            if not node.is_online:
-                raise DomainError(f"The node {node.name} is offline: its agent has not reported for a while.")
-            placement.check_manual(
-                states, node=node.name, indices=list(accelerator_indices or ()), device=device, need_bytes=need.needed,
-                gpu_memory_utilization=options.get("gpu_memory_utilization"),
-            )  # fmt: skip
+        placed = placement.decide(
+            states, device=device, node=node.name if node else None, indices=list(accelerator_indices or ()),
+            count=options.get("tensor_parallel_size", 1), need_bytes=need.needed,
+            gpu_memory_utilization=options.get("gpu_memory_utilization"),
+        )  # fmt: skip
     except placement.PlacementError as exc:
         raise DomainError(str(exc)) from None
+    node = node or Node.objects.get(name=placed.node)
+    accelerator_indices = list(placed.indices)
     server_command(
         name=name, device=device, indices=tuple(accelerator_indices or ()), options=options,
         adapters=[(s, "/adapter", a.rank or 1) for a, s in served], extra_args=extra_args, extra_env=extra_env,
@@ -519,8 +514,8 @@ def _check_move(*, deployment: Deployment, node: Node, indices: list[int], optio
         options["max_loras"] = vllm_args.default_max_loras(adapters, device=device)
     need = memory_estimate(base=deployment.base, device=device, options=options)
     try:
-        placement.check_manual(
-            states, node=node.name, indices=indices, device=device, need_bytes=need.needed,
+        placement.decide(
+            states, device=device, node=node.name, indices=indices, need_bytes=need.needed,
             gpu_memory_utilization=options.get("gpu_memory_utilization"),
         )  # fmt: skip
     except placement.PlacementError as exc:

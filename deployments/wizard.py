@@ -199,8 +199,10 @@ def resolve_placement(data: dict, base: Artifact) -> tuple[Node, str, list[int]]
     options = settings_of(data, device)
     need = services.memory_estimate(base=base, device=device, options=options).needed
     try:
-        placed = placement.place(states, device=device, count=options.get("tensor_parallel_size", 1), need_bytes=need,
-                                 gpu_memory_utilization=options.get("gpu_memory_utilization"))  # fmt: skip
+        placed = placement.decide(
+            states, device=device, node=None, count=options.get("tensor_parallel_size", 1), need_bytes=need,
+            gpu_memory_utilization=options.get("gpu_memory_utilization"),
+        )  # fmt: skip
     except placement.PlacementError as exc:
         raise DomainError(str(exc)) from None
     return Node.objects.get(name=placed.node), device, list(placed.indices) if device == "cuda" else []

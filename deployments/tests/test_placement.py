@@ -7,7 +7,7 @@ import re
 import pytest
 
 from deployments.memory import CUDA_CONTEXT_BYTES, GiB
-from deployments.placement import AcceleratorState, Placement, PlacementError, check_manual, place
+from deployments.placement import AcceleratorState, Placement, PlacementError, check_manual, decide, place
 
 
 def gpu(node: str, index: int, free_gib: float, *, total_gib: float = 80, online: bool = True, busy: bool = False):
@@ -204,3 +204,12 @@ def test_a_manual_cpu_choice_needs_the_memory_but_not_an_idle_cpu():
         check_manual(CLUSTER, node="gpu-2", indices=[0], device="cpu", need_bytes=20 * GiB)
     with pytest.raises(PlacementError, match="Node gpu-3 is offline"):
         check_manual(CLUSTER, node="gpu-3", indices=[], device="cpu", need_bytes=GiB)
+
+
+def test_decide_places_automatically_without_a_node_and_checks_a_chosen_one():
+    cluster = [gpu("a", 0, 30), gpu("a", 1, 70), cpu("b", 20)]
+    assert decide(cluster, device="cuda", node=None, need_bytes=20 * GiB) == Placement(node="a", indices=(0,))
+    assert decide(cluster, device="cuda", node="a", indices=[1], need_bytes=20 * GiB) == Placement("a", (1,))
+    assert decide(cluster, device="cpu", node="b", indices=[0], need_bytes=10 * GiB) == Placement("b", ())
+    with pytest.raises(PlacementError, match=re.escape("GPU 0 has 30.0 GiB free")):
+        decide(cluster, device="cuda", node="a", indices=[0], need_bytes=40 * GiB)
