@@ -397,9 +397,9 @@ class Bench:
     # The console's side ----------------------------------------------------------
 
     def console_run(self, index: int) -> dict:
+        from config.vault import unseal
         from deployments import services, vllm_args
         from deployments.models import Deployment, DeploymentEvent
-        from registry.vault import unseal
 
         wait_for_no_other_server(str(self.cache_dir))
         name = f"bench-{index}"

@@ -419,10 +419,10 @@ def create_rows(upstream_port: int, upstream_key: str, cache_dir: Path) -> str:
 
     from accounts.services import workspace_create
     from cluster.models import Node
+    from config.vault import seal
     from deployments.models import Deployment
     from inference.services import inference_key_create
     from registry.models import Artifact, Connection
-    from registry.vault import seal
 
     user = get_user_model().objects.create_user(username="bench", password=secrets.token_urlsafe(16))
     workspace = workspace_create(name="Bench", owner=user)

@@ -71,6 +71,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            # Filters every app's pages share; config is not an app, so the library is named here.
+            "libraries": {"console": "config.templatetags.console"},
         },
     },
 ]

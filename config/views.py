@@ -12,7 +12,7 @@ def confirm_delete(request, obj, *, delete, done_url):
     """Asks before deleting `obj` (GET shows the confirmation page); on POST calls
     `delete()` and goes to `done_url`, or back to the object with the refusal."""
     if request.method != "POST":
-        return render(request, "registry/confirm_delete.html", {"object": obj, "cancel": obj.get_absolute_url()})
+        return render(request, "confirm_delete.html", {"object": obj, "cancel": obj.get_absolute_url()})
     try:
         delete()
     except DomainError as exc:

@@ -16,10 +16,10 @@ from cluster import services as cluster_services
 from cluster.models import Accelerator, Node
 from config import changes
 from config.errors import DomainError
+from config.vault import seal
 from deployments import lifecycle, memory, placement, tasks, vllm_args
 from deployments.models import Deployment, DeploymentAdapter, DeploymentEvent
 from registry.models import Artifact, ArtifactKind, Compatibility
-from registry.vault import seal
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from django.utils import timezone
 from cluster import services as cluster_services
 from cluster.cache import ArtifactCache
 from cluster.models import CachedArtifact, Node
+from config.vault import unseal
 from deployments import server_metrics, services, vllm_args, vllm_metrics
 from deployments.lifecycle import IllegalTransition
 from deployments.models import Deployment, DeploymentAdapter
 from deployments.vllm_client import ServerError, VllmClient
-from registry.vault import unseal
 
 log = logging.getLogger(__name__)
 

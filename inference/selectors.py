@@ -17,9 +17,9 @@ from django.utils import timezone
 
 from accounts.models import Membership
 from accounts.services import token_digest
+from config.vault import unseal
 from deployments.models import Deployment, DeploymentAdapter
 from inference.models import InferenceKey, UsageRecord
-from registry.vault import unseal
 
 # Seconds a client is told to wait before asking a deployment that is not ready again
 # (RETRY_AFTER_DEFAULT for one that waits for a person: stopped or failed).

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from accounts.models import Workspace
 from config.errors import DomainError
+from config.vault import seal, unseal
 from registry import dependents, tasks
 from registry.compatibility import adapter_rank, check_fit, runtime_problems
 from registry.inspection import Inspection, inspect_source
@@ -27,7 +28,6 @@ from registry.models import (
 )
 from registry.sources import SourceError, check_connection, open_source
 from registry.sources.local import confined_root
-from registry.vault import seal, unseal
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ import requests
 from django.test import Client
 
 from cluster.models import Node
+from config.vault import unseal
 from conftest import DEMO_STORE
 from deployments import server_metrics, vllm_metrics
 from deployments.models import Deployment
 from deployments.supervisor import process_alive
 from inference.models import UsageRecord
 from registry.demo import DEMO_BASE, demo_register
-from registry.vault import unseal
 from tests.support.agents import wait_for
 from tests.support.nodes import api_as
 

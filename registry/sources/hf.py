@@ -16,8 +16,8 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session
 
+from config.vault import unseal
 from registry.sources.base import CHUNK, RemoteFile, Source, SourceError
-from registry.vault import unseal
 
 PUBLIC_HUB = "https://huggingface.co"
 

@@ -19,8 +19,8 @@ from botocore.exceptions import (
 )
 from django.conf import settings
 
+from config.vault import unseal
 from registry.sources.base import CHUNK, RemoteFile, Source, SourceError
-from registry.vault import unseal
 
 # Under SSE-KMS, S3's ETag is not the MD5 of the object's bytes: it still tells
 # a changed object from the one registered, but cannot verify a download.

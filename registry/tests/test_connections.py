@@ -9,10 +9,10 @@ import pytest
 from django.urls import reverse
 from rest_framework.test import APIClient
 
+from config.vault import unseal
 from registry import services
 from registry.models import Connection
 from registry.tests.helpers import s3_connection
-from registry.vault import unseal
 from tests.support.s3_server import ACCESS_KEY, SECRET_KEY, free_port
 
 HUB_TOKEN = "hf_VerySecretHubToken0123456789"

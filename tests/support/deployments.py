@@ -9,13 +9,13 @@ import json
 from django.utils import timezone
 
 from config import changes
+from config.vault import seal
 from conftest import DEMO_STORE
 from deployments import services as deployment_services
 from deployments.models import Deployment, DeploymentAdapter
 from registry import services as registry_services
 from registry.demo import DEMO_BASE, demo_register
 from registry.tests.helpers import register_and_inspect
-from registry.vault import seal
 from tests.support import artifacts as build
 from tests.support.web import UvicornServer
 

@@ -1,3 +1,5 @@
+"""Template filters every app's pages use (registered as the `console` library in settings)."""
+
 from __future__ import annotations
 
 from django import template
