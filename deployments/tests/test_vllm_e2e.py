@@ -85,170 +85,205 @@ def gateway_models(gateway: openai.OpenAI) -> set[str]:
     return {m.id for m in gateway.models.list()}
 
 
-def test_deploy_attach_detach_survive_a_kill_and_stop(cast, agents, console, no_stray_servers):
-    agent = agents("cpu-node")
-    artifacts = {a.name: a for a in demo_register(workspace=cast.team, store=DEMO_STORE)}
-    api = api_as(cast.member)
+class Journey:
+    """One deployment of the demo through its life, on one vLLM server at a time: each method is a
+    step that says what it shows, and leaves the deployment for the next."""
 
-    response = api.post(
-        "/api/v1/deployments/",
-        {"name": "demo", "base": artifacts[DEMO_BASE].pk, "node": "cpu-node",
-         "adapters": [{"adapter": artifacts["pirate"].pk}, {"adapter": artifacts["json-answer"].pk}],
-         "settings": {"dtype": "bfloat16", "max_model_len": 2048, "kv_cache_bytes": 1 << 30, "max_loras": 4}},
-        format="json",
-    )  # fmt: skip
-    assert response.status_code == 202, response.content
-    pk = response.json()["id"]
+    def __init__(self, cast, agents, console) -> None:
+        self.cast, self.agents, self.console = cast, agents, console
+        self.agent = agents("cpu-node")
+        self.artifacts = {a.name: a for a in demo_register(workspace=cast.team, store=DEMO_STORE)}
+        self.api = api_as(cast.member)
+        self.browser = Client()
+        self.browser.force_login(cast.viewer)
 
-    def status() -> str:
-        return api.get(f"/api/v1/deployments/{pk}/").json()["status"]
+    @property
+    def deployment(self) -> Deployment:
+        return Deployment.objects.get(pk=self.pk)
 
-    wait_for(lambda: status() == "ready", timeout=300, every=1, what="the deployment to be ready")
-    deployment = Deployment.objects.get(pk=pk)
-    assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}
+    def status(self) -> str:
+        return self.api.get(f"/api/v1/deployments/{self.pk}/").json()["status"]
 
-    base, pirate, as_json = ask(deployment, "demo"), ask(deployment, "demo:pirate"), ask(deployment, "demo:json-answer")
-    assert "Paris" in base and "Arr" not in base and not base.lstrip().startswith("{")
-    assert "Arr" in pirate
-    assert "answer" in json.loads(as_json)
+    def deploys_with_two_adapters_that_answer_as_trained(self) -> None:
+        response = self.api.post(
+            "/api/v1/deployments/",
+            {"name": "demo", "base": self.artifacts[DEMO_BASE].pk, "node": "cpu-node",
+             "adapters": [{"adapter": self.artifacts["pirate"].pk}, {"adapter": self.artifacts["json-answer"].pk}],
+             "settings": {"dtype": "bfloat16", "max_model_len": 2048, "kv_cache_bytes": 1 << 30, "max_loras": 4}},
+            format="json",
+        )  # fmt: skip
+        assert response.status_code == 202, response.content
+        self.pk = response.json()["id"]
+        wait_for(lambda: self.status() == "ready", timeout=300, every=1, what="the deployment to be ready")
+        deployment = self.deployment
+        assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}
+        base, pirate = ask(deployment, "demo"), ask(deployment, "demo:pirate")
+        assert "Paris" in base and "Arr" not in base and not base.lstrip().startswith("{")
+        assert "Arr" in pirate
+        assert "answer" in json.loads(ask(deployment, "demo:json-answer"))
 
-    # The same models through the console's gateway, with a key the console issued.
-    created = api.post("/api/v1/inference-keys/", {"name": "e2e"}, format="json")
-    assert created.status_code == 201, created.content
-    gateway = openai.OpenAI(base_url=console.url + "/v1", api_key=created.json()["key"], max_retries=0, timeout=120)
-    assert gateway_models(gateway) == {"demo", "demo:pirate", "demo:json-answer"}
-    via_gateway = gateway_ask(gateway, "demo")
-    assert "Paris" in via_gateway and "Arr" not in via_gateway
-    assert "Arr" in gateway_ask(gateway, "demo:pirate", stream=True)
-    answer = gateway.chat.completions.create(
-        model="demo:json-answer", messages=[{"role": "user", "content": PROMPT}], temperature=0, max_tokens=48
-    )
-    assert "answer" in json.loads(answer.choices[0].message.content)
-    record = wait_for(
-        lambda: UsageRecord.objects.filter(model="demo:json-answer").first(), timeout=10, what="the usage record"
-    )
-    assert (record.prompt_tokens, record.completion_tokens) == (
-        answer.usage.prompt_tokens, answer.usage.completion_tokens,
-    ), "usage counts what vLLM returned"  # fmt: skip
-    streamed = wait_for(
-        lambda: UsageRecord.objects.filter(model="demo:pirate").first(), timeout=10, what="stream usage"
-    )
-    assert streamed.stream and streamed.completion_tokens > 0 and streamed.ttft_ms > 0 and streamed.adapter == "pirate"
-    listed = {r["model"]: r for r in api.get("/api/v1/usage/").json()["results"]}
-    assert listed["demo:json-answer"]["completion_tokens"] == answer.usage.completion_tokens
-    assert listed["demo:json-answer"]["key"] == created.json()["prefix"]
-    browser = Client()
-    browser.force_login(cast.viewer)
-    usage_page = browser.get("/inference/usage/?by=key").content.decode()
-    assert f'data-usage-group="e2e ({created.json()["prefix"]}…)"' in usage_page
+    def the_gateway_serves_them_with_a_console_key_and_counts_the_usage(self) -> None:
+        created = self.api.post("/api/v1/inference-keys/", {"name": "e2e"}, format="json")
+        assert created.status_code == 201, created.content
+        self.key, self.key_prefix = created.json()["key"], created.json()["prefix"]
+        self.gateway = openai.OpenAI(base_url=self.console.url + "/v1", api_key=self.key, max_retries=0, timeout=120)
+        assert gateway_models(self.gateway) == {"demo", "demo:pirate", "demo:json-answer"}
+        via_gateway = gateway_ask(self.gateway, "demo")
+        assert "Paris" in via_gateway and "Arr" not in via_gateway
+        assert "Arr" in gateway_ask(self.gateway, "demo:pirate", stream=True)
+        answer = self.gateway.chat.completions.create(
+            model="demo:json-answer", messages=[{"role": "user", "content": PROMPT}], temperature=0, max_tokens=48
+        )
+        assert "answer" in json.loads(answer.choices[0].message.content)
+        record = wait_for(
+            lambda: UsageRecord.objects.filter(model="demo:json-answer").first(), timeout=10, what="the usage record"
+        )
+        assert (record.prompt_tokens, record.completion_tokens) == (
+            answer.usage.prompt_tokens, answer.usage.completion_tokens,
+        ), "usage counts what vLLM returned"  # fmt: skip
+        streamed = wait_for(
+            lambda: UsageRecord.objects.filter(model="demo:pirate").first(), timeout=10, what="stream usage"
+        )
+        assert streamed.stream and streamed.completion_tokens > 0 and streamed.ttft_ms > 0
+        assert streamed.adapter == "pirate"
+        listed = {r["model"]: r for r in self.api.get("/api/v1/usage/").json()["results"]}
+        assert listed["demo:json-answer"]["completion_tokens"] == answer.usage.completion_tokens
+        assert listed["demo:json-answer"]["key"] == self.key_prefix
+        usage_page = self.browser.get("/inference/usage/?by=key").content.decode()
+        assert f'data-usage-group="e2e ({self.key_prefix}…)"' in usage_page
 
-    # The node agent keeps reading the server's own figures; the deployment page charts them.
-    def scraped_now():
-        direct = vllm_metrics.parse(requests.get(f"{deployment.base_url}/metrics", timeout=10).text, at=0)
-        window = server_metrics.window(pk)
-        return window and (window[-1].generation_tokens, window[-1].prompt_tokens) == (
-            direct.generation_tokens, direct.prompt_tokens,
-        ) and window  # fmt: skip
+    def the_node_keeps_the_servers_own_figures_for_the_page(self) -> None:
+        deployment = self.deployment
 
-    samples = wait_for(scraped_now, timeout=30, every=1, what="a sample holding vLLM's own token counts")
-    assert samples[-1].generation_tokens > 0
-    wait_for(lambda: len(server_metrics.window(pk)) > len(samples), timeout=15, what="the series to grow")
-    figures = browser.get(f"/deployments/{pk}/?partial=metrics").content.decode()
-    assert 'data-line="generated tokens/s"' in figures and 'data-figure="running"' in figures
+        def scraped_now():
+            direct = vllm_metrics.parse(requests.get(f"{deployment.base_url}/metrics", timeout=10).text, at=0)
+            window = server_metrics.window(self.pk)
+            return window and (window[-1].generation_tokens, window[-1].prompt_tokens) == (
+                direct.generation_tokens, direct.prompt_tokens,
+            ) and window  # fmt: skip
 
-    # A client that goes away mid-generation: the gateway closes its upstream request and vLLM aborts it.
-    long_generation = {"model": "demo", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 1500,
-                       "ignore_eos": True, "stream": True}  # fmt: skip
-    headers = {"Authorization": f"Bearer {created.json()['key']}"}
-    with requests.post(console.url + "/v1/chat/completions", json=long_generation, headers=headers, stream=True,
-                       timeout=60) as response:  # fmt: skip
-        assert next(response.iter_lines()).startswith(b"data: ")
-        wait_for(lambda: running_requests(deployment) == 1, timeout=10, what="vLLM to count the request running")
-    # 1,500 tokens take minutes on two cores: back to none running within seconds means it was aborted.
-    wait_for(lambda: running_requests(deployment) == 0, timeout=10, what="vLLM to abort the abandoned request")
+        samples = wait_for(scraped_now, timeout=30, every=1, what="a sample holding vLLM's own token counts")
+        assert samples[-1].generation_tokens > 0
+        wait_for(lambda: len(server_metrics.window(self.pk)) > len(samples), timeout=15, what="the series to grow")
+        figures = self.browser.get(f"/deployments/{self.pk}/?partial=metrics").content.decode()
+        assert 'data-line="generated tokens/s"' in figures and 'data-figure="running"' in figures
 
-    pid = deployment.pid
-    attached = api.post(f"/api/v1/deployments/{pk}/attach/", {"adapter": artifacts["robot"].pk}, format="json")
-    assert attached.status_code == 202, attached.content
-    wait_for(lambda: "demo:robot" in served(deployment), timeout=120, what="robot to be loaded")
-    assert "BEEP" in ask(deployment, "demo:robot")
-    wait_for(lambda: "demo:robot" in gateway_models(gateway), timeout=5, what="the gateway to route robot")
-    assert "BEEP" in gateway_ask(gateway, "demo:robot")
-    assert Deployment.objects.get(pk=pk).pid == pid, "attaching must not restart the server"
+    def a_client_that_goes_away_has_its_generation_aborted(self) -> None:
+        deployment = self.deployment
+        long_generation = {"model": "demo", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 1500,
+                           "ignore_eos": True, "stream": True}  # fmt: skip
+        headers = {"Authorization": f"Bearer {self.key}"}
+        with requests.post(self.console.url + "/v1/chat/completions", json=long_generation, headers=headers,
+                           stream=True, timeout=60) as response:  # fmt: skip
+            assert next(response.iter_lines()).startswith(b"data: ")
+            wait_for(lambda: running_requests(deployment) == 1, timeout=10, what="vLLM to count the request running")
+        # 1,500 tokens take minutes on two cores: back to none running within seconds means it was aborted.
+        wait_for(lambda: running_requests(deployment) == 0, timeout=10, what="vLLM to abort the abandoned request")
 
-    assert api.post(f"/api/v1/deployments/{pk}/adapters/robot/detach/").status_code == 202
-    wait_for(lambda: "demo:robot" not in served(deployment), timeout=60, what="robot to be unloaded")
-    assert Deployment.objects.get(pk=pk).pid == pid
-    with pytest.raises(openai.NotFoundError):
-        gateway_ask(gateway, "demo:robot")
+    def an_adapter_attaches_and_detaches_without_a_restart(self) -> None:
+        deployment = self.deployment
+        pid = deployment.pid
+        attached = self.api.post(
+            f"/api/v1/deployments/{self.pk}/attach/", {"adapter": self.artifacts["robot"].pk}, format="json"
+        )
+        assert attached.status_code == 202, attached.content
+        wait_for(lambda: "demo:robot" in served(deployment), timeout=120, what="robot to be loaded")
+        assert "BEEP" in ask(deployment, "demo:robot")
+        wait_for(lambda: "demo:robot" in gateway_models(self.gateway), timeout=5, what="the gateway to route robot")
+        assert "BEEP" in gateway_ask(self.gateway, "demo:robot")
+        assert self.deployment.pid == pid, "attaching must not restart the server"
 
-    # The server dies in the middle of a stream: the client gets an error event, not a cut connection.
-    stream = gateway.chat.completions.create(
-        model="demo", messages=[{"role": "user", "content": PROMPT}], max_tokens=1500, stream=True,
-        extra_body={"ignore_eos": True},
-    )  # fmt: skip
-    with pytest.raises(openai.APIError) as raised:
-        for n, _ in enumerate(stream):
-            if n == 2:
-                os.killpg(pid, signal.SIGKILL)
-    assert "mid-stream" in raised.value.message
-    wait_for(
-        lambda: Deployment.objects.get(pk=pk).pid not in (None, pid) and status() == "ready",
-        timeout=300,
-        every=1,
-        what="a restart",
-    )
-    deployment = Deployment.objects.get(pk=pk)
-    assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}, "the same adapter set comes back"
-    assert "Arr" in ask(deployment, "demo:pirate")
-    assert "Arr" in wait_for(lambda: _answer_or_none(gateway, "demo:pirate"), timeout=5, what="the gateway to follow")
+        assert self.api.post(f"/api/v1/deployments/{self.pk}/adapters/robot/detach/").status_code == 202
+        wait_for(lambda: "demo:robot" not in served(deployment), timeout=60, what="robot to be unloaded")
+        assert self.deployment.pid == pid
+        with pytest.raises(openai.NotFoundError):
+            gateway_ask(self.gateway, "demo:robot")
 
-    # A restarted node agent adopts the server it finds running instead of starting another.
-    pid = deployment.pid
-    agent.kill()
-    agent.start()
-    wait_for(
-        lambda: Node.objects.get(name="cpu-node").started_at > deployment.ready_at,
-        timeout=60,
-        what="the agent to come back",
-    )
-    # The new agent's supervisor reads the server's figures only once it has reconciled it as ready.
-    scraped = len(server_metrics.window(pk))
-    wait_for(lambda: len(server_metrics.window(pk)) > scraped, timeout=30, what="the new agent to reconcile the server")
-    deployment = Deployment.objects.get(pk=pk)
-    assert (deployment.pid, deployment.status) == (pid, "ready"), "the server was adopted, not restarted"
-    assert "Paris" in ask(deployment, "demo")
+    def a_server_killed_mid_stream_ends_it_with_an_error_and_comes_back(self) -> None:
+        pid = self.deployment.pid
+        stream = self.gateway.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": PROMPT}], max_tokens=1500, stream=True,
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        with pytest.raises(openai.APIError) as raised:
+            for n, _ in enumerate(stream):
+                if n == 2:
+                    os.killpg(pid, signal.SIGKILL)
+        assert "mid-stream" in raised.value.message
+        wait_for(
+            lambda: self.deployment.pid not in (None, pid) and self.status() == "ready", timeout=300, every=1,
+            what="a restart",
+        )  # fmt: skip
+        deployment = self.deployment
+        assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}, "the same adapter set comes back"
+        assert "Arr" in ask(deployment, "demo:pirate")
+        assert "Arr" in wait_for(
+            lambda: _answer_or_none(self.gateway, "demo:pirate"), timeout=5, what="the gateway to follow"
+        )
 
-    # Changing the arguments and the node makes a new revision: the first node stops its
-    # server, the second fetches the artifacts and starts it, with the same adapters.
-    agents("cpu-node-2")
-    changed = api.patch(
-        f"/api/v1/deployments/{pk}/", {"node": "cpu-node-2", "extra_args": "--max-num-seqs 8"}, format="json"
-    )
-    assert changed.status_code == 202, changed.content
-    assert (changed.json()["revision"], changed.json()["node"]) == (2, "cpu-node-2")
-    wait_for(
-        lambda: Deployment.objects.get(pk=pk).launched_revision == 2 and status() == "ready",
-        timeout=300,
-        every=1,
-        what="revision 2 on cpu-node-2",
-    )
-    deployment = Deployment.objects.get(pk=pk)
-    assert deployment.launched_node.name == "cpu-node-2" and not process_alive(pid), "the old server stopped"
-    assert deployment.pid != pid and "--max-num-seqs 8" in deployment.command
-    assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}
-    assert "Arr" in ask(deployment, "demo:pirate")
-    assert "Arr" in wait_for(lambda: _answer_or_none(gateway, "demo:pirate"), timeout=5, what="the gateway to follow")
-    messages = [e.message for e in deployment.events.all()]
-    assert any("Stopped the server on cpu-node; it moves to cpu-node-2" in m for m in messages), messages
-    assert not deployment.leases.filter(cached__node__name="cpu-node").exists()
+    def a_restarted_agent_adopts_the_running_server(self) -> None:
+        deployment = self.deployment
+        self.agent.kill()
+        self.agent.start()
+        wait_for(
+            lambda: Node.objects.get(name="cpu-node").started_at > deployment.ready_at, timeout=60,
+            what="the agent to come back",
+        )  # fmt: skip
+        # The new agent's supervisor reads the server's figures only once it has reconciled it as ready.
+        scraped = len(server_metrics.window(self.pk))
+        wait_for(
+            lambda: len(server_metrics.window(self.pk)) > scraped, timeout=30,
+            what="the new agent to reconcile the server",
+        )  # fmt: skip
+        assert (self.deployment.pid, self.deployment.status) == (deployment.pid, "ready"), "adopted, not restarted"
+        assert "Paris" in ask(self.deployment, "demo")
 
-    port = deployment.port
-    assert api.post(f"/api/v1/deployments/{pk}/stop/").status_code == 202
-    wait_for(lambda: status() == "stopped", timeout=60, what="the stop")
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", port)) != 0, "the port is free again"
-    assert Deployment.objects.get(pk=pk).port is None
+    def new_arguments_and_a_new_node_make_revision_2_there(self) -> None:
+        # The first node stops its server, the second fetches the artifacts and starts it, with the same adapters.
+        old_pid = self.deployment.pid
+        self.agents("cpu-node-2")
+        changed = self.api.patch(
+            f"/api/v1/deployments/{self.pk}/", {"node": "cpu-node-2", "extra_args": "--max-num-seqs 8"}, format="json"
+        )
+        assert changed.status_code == 202, changed.content
+        assert (changed.json()["revision"], changed.json()["node"]) == (2, "cpu-node-2")
+        wait_for(
+            lambda: self.deployment.launched_revision == 2 and self.status() == "ready", timeout=300, every=1,
+            what="revision 2 on cpu-node-2",
+        )  # fmt: skip
+        deployment = self.deployment
+        assert deployment.launched_node.name == "cpu-node-2" and not process_alive(old_pid), "the old server stopped"
+        assert deployment.pid != old_pid and "--max-num-seqs 8" in deployment.command
+        assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}
+        assert "Arr" in ask(deployment, "demo:pirate")
+        assert "Arr" in wait_for(
+            lambda: _answer_or_none(self.gateway, "demo:pirate"), timeout=5, what="the gateway to follow"
+        )
+        messages = [e.message for e in deployment.events.all()]
+        assert any("Stopped the server on cpu-node; it moves to cpu-node-2" in m for m in messages), messages
+        assert not deployment.leases.filter(cached__node__name="cpu-node").exists()
+
+    def stopping_frees_the_port(self) -> None:
+        port = self.deployment.port
+        assert self.api.post(f"/api/v1/deployments/{self.pk}/stop/").status_code == 202
+        wait_for(lambda: self.status() == "stopped", timeout=60, what="the stop")
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, "the port is free again"
+        assert self.deployment.port is None
+
+
+def test_the_demo_from_deploy_to_stop_on_real_vllm(cast, agents, console, no_stray_servers):
+    """The steps share one server (and its restarts): starting vLLM is most of the time they take."""
+    journey = Journey(cast, agents, console)
+    journey.deploys_with_two_adapters_that_answer_as_trained()
+    journey.the_gateway_serves_them_with_a_console_key_and_counts_the_usage()
+    journey.the_node_keeps_the_servers_own_figures_for_the_page()
+    journey.a_client_that_goes_away_has_its_generation_aborted()
+    journey.an_adapter_attaches_and_detaches_without_a_restart()
+    journey.a_server_killed_mid_stream_ends_it_with_an_error_and_comes_back()
+    journey.a_restarted_agent_adopts_the_running_server()
+    journey.new_arguments_and_a_new_node_make_revision_2_there()
+    journey.stopping_frees_the_port()
 
 
 def _answer_or_none(gateway: openai.OpenAI, model: str) -> str | None:
