@@ -87,6 +87,11 @@ $(OLAH_VENV)/.installed:
 	.venv-litellm/bin/pip install -q "litellm[proxy]"
 	touch $@
 
+# s3rver, a second S3 implementation (Node.js) for `bench/fetch_s3.py --store s3rver`.
+.node-s3rver/.installed:
+	npm install --silent --prefix .node-s3rver s3rver@3.7.1
+	touch $@
+
 # The demo model and adapters; the builder skips what is already complete.
 demo: $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python scripts/build_demo_content.py --out $(DEMO_STORE)

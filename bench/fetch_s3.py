@@ -28,6 +28,7 @@ from collections.abc import Iterator
 
 from cluster.cache import ArtifactCache, FetchReport, Wanted
 from tests.support.s3_server import S3Server
+from tests.support.s3rver import S3rver
 
 MiB = 1024 * 1024
 BUCKET = "plugboard-bench"
@@ -75,7 +76,7 @@ def run_boto3(client, names: list[str], into: Path) -> float:
 
 
 def run_cache(
-    server: S3Server, wanted: list[Wanted], into: Path, *, chunk: int, parallel: int
+    server: S3Server | S3rver, wanted: list[Wanted], into: Path, *, chunk: int, parallel: int
 ) -> tuple[float, FetchReport]:
     """Fetches the artifact into a fresh cache at `into`; returns the seconds it took and the report."""
     # One pooled connection per fetching thread, or threads queue for connections.
@@ -96,12 +97,16 @@ def main() -> None:
     parser.add_argument("--chunk-mib", type=float, default=DEFAULTS["chunk_size"].default / MiB)
     parser.add_argument("--parallel", type=int, default=DEFAULTS["parallel"].default)
     parser.add_argument("--sweep", action="store_true", help="then time the cache once per setting in SWEEP")
+    parser.add_argument(
+        "--store", choices=["moto", "s3rver"], default="moto",
+        help="moto's server over HTTP, or s3rver (npm) over TLS with a private CA",
+    )  # fmt: skip
     args = parser.parse_args()
     chunk = int(args.chunk_mib * MiB)
     total = args.files * args.file_mib * MiB
 
     work = Path(tempfile.mkdtemp(prefix="plugboard-bench-"))
-    server = S3Server()
+    server = S3Server() if args.store == "moto" else S3rver()
     try:
         print(f"Writing {args.files} x {args.file_mib} MiB of random bytes under {work} ...", flush=True)
         (work / "source").mkdir()
@@ -112,8 +117,8 @@ def main() -> None:
         started = time.perf_counter()
         for name, path in sources.items():
             client.upload_file(str(path), BUCKET, PREFIX + name)
-        print(f"Uploaded to moto in {time.perf_counter() - started:.1f} s", flush=True)
-        shutil.rmtree(work / "source")  # moto holds its own copy; keep the disk free for the downloads
+        print(f"Uploaded to {args.store} in {time.perf_counter() - started:.1f} s", flush=True)
+        shutil.rmtree(work / "source")  # the store holds its own copy; keep the disk free for the downloads
         wanted = []
         for name in sources:
             head = client.head_object(Bucket=BUCKET, Key=PREFIX + name)

@@ -52,10 +52,10 @@ def _nudge_node(node: Node) -> None:
 # process (a stop from the web while the supervisor marks the server ready) is never overwritten.
 
 
-def _move(*, deployment: Deployment, to: str | None, reason: str, **fields) -> Deployment:
+def _move(*, deployment: Deployment, to: str | None, reason: str, always_noted: bool = False, **fields) -> Deployment:
     """Moves `deployment` to the status `to` (None: keeps it) with `fields`, if the table allows
-    the move from the status it has in the database; records an event when the status changes.
-    Raises IllegalTransition, and logs it, otherwise."""
+    the move from the status it has in the database; records an event when the status changes
+    (or, with `always_noted`, in any case). Raises IllegalTransition, and logs it, otherwise."""
     current = Deployment.objects.filter(pk=deployment.pk).values_list("status", flat=True).first()
     if current is None:
         raise lifecycle.IllegalTransition(f"Deployment {deployment.pk} no longer exists.")
@@ -78,8 +78,8 @@ def _move(*, deployment: Deployment, to: str | None, reason: str, **fields) -> D
     )
     if updated != 1:  # it changed between the read and the write: the caller looks again
         raise lifecycle.IllegalTransition(f"Deployment {deployment.name} changed meanwhile; not moved to {target}.")
-    if target != current:
-        event_record(deployment=deployment, status=target, message=reason)
+    if target != current or always_noted:
+        event_record(deployment=deployment, status=target if target != current else "", message=reason)
     if target != current or {"port", "pid", "launched_node"} & fields.keys():
         changes.announce()  # the gateway routes by status and port
     deployment.refresh_from_db()
@@ -534,9 +534,9 @@ def deployment_release(*, deployment: Deployment, node: Node, reason: str) -> De
         else:
             # A failed deployment stays failed wherever it is; anything else restarts on its new node.
             to = None if deployment.status == lifecycle.FAILED else lifecycle.RESTARTING
-        unchanged = to is None or deployment.status == to  # the new node may have marked it restarting already
-        deployment = _move(deployment=deployment, to=to, reason=reason, pid=None, port=None, launched_node=None)
-        if unchanged:
-            event_record(deployment=deployment, message=reason)  # the timeline shows the hand-over either way
+        # The timeline shows the hand-over even when the new node marked it restarting already.
+        deployment = _move(
+            deployment=deployment, to=to, reason=reason, always_noted=True, pid=None, port=None, launched_node=None
+        )
         _nudge(deployment)
     return deployment

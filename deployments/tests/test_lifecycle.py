@@ -89,3 +89,11 @@ def test_the_named_moves_land_where_they_say(deployment):
         "failed",
         "stopped",
     ]
+
+
+def test_a_hand_over_is_on_the_timeline_even_when_the_new_node_marked_it_restarting_first(deployment):
+    stale = at(deployment, "ready")  # what the old node read at the start of its tick
+    Deployment.objects.filter(pk=deployment.pk).update(status="restarting")  # the new node, meanwhile
+    services.deployment_release(deployment=stale, node=deployment.node, reason="Stopped the server on n; it moves.")
+    assert list(DeploymentEvent.objects.values_list("message", flat=True)) == ["Stopped the server on n; it moves."]
+    assert Deployment.objects.get(pk=deployment.pk).status == "restarting"
