@@ -136,7 +136,9 @@ def main() -> None:
             assert report.bytes_transferred >= total and not report.unverified, report
             extra = report.bytes_transferred - total  # a piece read again after a dropped connection
             note = f", {extra} bytes read twice" if extra else ""
-            print(f"  ArtifactCache.fetch  run {run + 1}: {total / MiB / elapsed:7.1f} MB/s (verified{note})", flush=True)
+            print(
+                f"  ArtifactCache.fetch  run {run + 1}: {total / MiB / elapsed:7.1f} MB/s (verified{note})", flush=True
+            )
 
         boto_best = total / MiB / min(boto_runs)
         cache_best = total / MiB / min(cache_runs)
