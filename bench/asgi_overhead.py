@@ -30,13 +30,9 @@ import time
 
 import aiohttp
 
+from tests.support.s3_server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def measure(url: str, expect: int, count: int) -> list[float]:

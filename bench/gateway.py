@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from tests.support.s3_server import free_port
+
 try:
     import uvloop
 except ImportError:  # the plain loop works, it only costs the load generator more CPU
@@ -89,12 +91,6 @@ class Unavailable(Exception):
 
 
 # --- Processes ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(path: Path, chars: int = 3000) -> str:

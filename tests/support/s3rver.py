@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support.s3_server import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 S3RVER = ROOT / ".node-s3rver" / "node_modules" / ".bin" / "s3rver"
 KEY = SECRET = "S3RVER"  # the credentials s3rver accepts
@@ -60,9 +62,7 @@ class S3rver:
     """s3rver over HTTPS on a free loopback port, storing under a temporary folder."""
 
     def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.folder = Path(tempfile.mkdtemp(prefix="s3rver-"))
         self.ca, self._key, self._cert = private_ca_and_server_cert(self.folder)

@@ -14,12 +14,7 @@ from pathlib import Path
 from django.conf import settings
 
 from tests.support.agents import ROOT, database_url, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.s3_server import free_port
 
 
 class UvicornServer:
