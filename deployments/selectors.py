@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from django.db.models import Q
+
 from deployments.models import Deployment
 
 
@@ -22,3 +24,10 @@ def running_by_accelerator(accelerators: list) -> dict[int, list[Deployment]]:
         ]
         for a in accelerators
     }  # fmt: skip
+
+
+def deployments_using(artifact) -> list[str]:
+    """The deployments that use `artifact` as their base model or an adapter, as "deployment chat"
+    (what the registry names when it refuses to delete the artifact)."""
+    using = Deployment.objects.filter(Q(base=artifact) | Q(adapters__adapter=artifact)).distinct().order_by("name")
+    return [f"deployment {name}" for name in using.values_list("name", flat=True)]

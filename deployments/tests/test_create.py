@@ -10,7 +10,7 @@ from django.utils import timezone
 from cluster.models import Node
 from conftest import DEMO_STORE
 from deployments.models import Deployment, DeploymentAdapter
-from registry.demo import demo_register
+from registry.demo import DEMO_BASE, demo_register
 from tests.support.deployments import adapter_for_demo, deploy
 from tests.support.nodes import api_as, online_cpu_node
 
@@ -176,3 +176,13 @@ def test_deleting_asks_first_and_is_refused_until_the_deployment_has_stopped(cas
     Deployment.objects.filter(pk=pk).update(desired="stopped", status="stopped")
     assert client.post(url)["Location"] == "/deployments/"
     assert not Deployment.objects.filter(pk=pk).exists()
+
+
+def test_a_model_or_adapter_a_deployment_uses_cannot_be_deleted_and_the_answer_names_it(cast, demo):
+    assert deploy(api_as(cast.member), demo).status_code == 202
+    api = api_as(cast.member)
+    for url in (f"/api/v1/models/{demo[DEMO_BASE].pk}/", f"/api/v1/adapters/{demo['pirate'].pk}/"):
+        response = api.delete(url)
+        assert response.status_code == 409, response.content
+        assert "in use (deployment demo)" in response.json()["detail"]
+    assert api.delete(f"/api/v1/adapters/{demo['robot'].pk}/").status_code == 204, "an adapter nobody uses goes"
