@@ -257,7 +257,7 @@ class Gateway:
             raise GatewayError(401, "invalid_token", "This API token is unknown or was revoked.")
         if not user.is_staff:
             raise GatewayError(403, "not_an_administrator", "Only an administrator's token may read /metrics.")
-        body = self.metrics.render().encode()
+        body = self.metrics.render(usage_backlog=self.usage.backlog, usage_dropped=self.usage.dropped).encode()
         await send({
             "type": "http.response.start", "status": 200,
             "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"), (b"content-length", str(len(body)).encode())],

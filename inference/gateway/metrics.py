@@ -47,8 +47,14 @@ class GatewayMetrics:
         if completion_tokens:
             self.tokens[deployment, model, "completion"] += completion_tokens
 
-    def render(self) -> str:
+    def render(self, *, usage_backlog: int = 0, usage_dropped: int = 0) -> str:
         lines = [
+            "# HELP plugboard_gateway_usage_backlog Usage records taken but not yet written to the database.",
+            "# TYPE plugboard_gateway_usage_backlog gauge",
+            f"plugboard_gateway_usage_backlog {usage_backlog}",
+            "# HELP plugboard_gateway_usage_dropped_total Usage records dropped because the database took none for long.",
+            "# TYPE plugboard_gateway_usage_dropped_total counter",
+            f"plugboard_gateway_usage_dropped_total {usage_dropped}",
             "# HELP plugboard_gateway_requests_total Requests through the gateway and the playground.",
             "# TYPE plugboard_gateway_requests_total counter",
         ]

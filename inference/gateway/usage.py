@@ -31,8 +31,14 @@ def _write(batch: list[dict]) -> None:
 class UsageWriter:
     def __init__(self) -> None:
         self._pending: list[dict] = []  # the fields of each record
+        self._writing = 0  # records of the batch being written now
         self._task: asyncio.Task | None = None
         self.dropped = 0
+
+    @property
+    def backlog(self) -> int:
+        """Records taken but not yet in the database (pending, or in the batch being written)."""
+        return len(self._pending) + self._writing
 
     def add(self, fields: dict) -> None:
         self._pending.append(fields)
@@ -51,11 +57,14 @@ class UsageWriter:
         batch, self._pending = self._pending, []
         if not batch:
             return
+        self._writing = len(batch)
         try:
             await sync_to_async(_write, thread_sensitive=False)(batch)
         except Exception:
             log.exception("writing %d usage records failed; retrying", len(batch))
             self._pending[:0] = batch
+        finally:
+            self._writing = 0
 
     async def _run(self) -> None:
         while True:

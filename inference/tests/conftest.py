@@ -6,8 +6,11 @@ console's web process is the `console` fixture of the root conftest.py."""
 from __future__ import annotations
 
 import pytest
+import requests
 
+from accounts.services import api_token_create
 from config import changes
+from tests.support.agents import wait_for
 from tests.support.deployments import UPSTREAM_KEY
 from tests.support.web import UvicornServer, console_env
 
@@ -36,6 +39,15 @@ def impatient_console(django_db_setup, django_db_blocker, tmp_path_factory):
 
 
 @pytest.fixture
-def fresh_routes(transactional_db):
-    """Rows of earlier tests are gone: make every gateway process drop what it holds of them."""
+def fresh_routes(transactional_db, console, cast):
+    """Rows of earlier tests are gone: make every gateway process drop what it holds of them. Afterwards,
+    wait until the console has written the usage of this test's requests: its batch insert and the
+    test database's flush, run at the same time, deadlock on PostgreSQL."""
     changes.announce()
+    _, token = api_token_create(user=cast.admin, name="usage backlog")
+    yield
+    wait_for(
+        lambda: "plugboard_gateway_usage_backlog 0\n"
+        in requests.get(console.url + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10).text,
+        timeout=30, what="the console to write the usage it holds",
+    )  # fmt: skip

@@ -212,6 +212,7 @@ def test_an_unreachable_upstream_is_502_and_a_slow_one_504(console, impatient_co
         what="the new port to reach the gateway",
     )  # fmt: skip
     assert_openai_error(response, 502, "upstream_unreachable")
+    usage_of(status=504)  # the impatient console has written what it holds before the test's data goes
 
 
 def test_an_upstream_that_dies_mid_stream_ends_the_stream_with_an_error_event(console, key):
@@ -230,6 +231,7 @@ def test_an_upstream_that_stalls_mid_stream_times_out_with_an_error_event(impati
     response = post(impatient_console, key, {"model": "fake", "messages": CHAT, "stream": True, "x_behaviour": "stall"})
     events = [e for e in response.text.split("\n\n") if e]
     assert len(events) == 4 and json.loads(events[-1].removeprefix("data: "))["error"]["code"] == "upstream_timeout"
+    usage_of(status=504)  # the impatient console has written what it holds before the test's data goes
 
 
 def test_a_client_that_disconnects_cancels_the_upstream_request(console, key, upstream):
