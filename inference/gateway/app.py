@@ -24,6 +24,7 @@ from django.utils.crypto import constant_time_compare
 
 from accounts.services import api_token_authenticate
 from inference import selectors
+from inference.gateway import asgi
 from inference.gateway import body as request_body
 from inference.gateway.catalog import Catalog, read_db
 from inference.gateway.errors import GatewayError
@@ -123,16 +124,14 @@ class Gateway:
         return routes
 
     async def authenticate(self, scope) -> Caller:
-        header = _header(scope, b"authorization")
-        if not header:
+        sent, raw = asgi.bearer(scope)
+        if not sent:
             if (caller := await self.session_caller(scope)) is not None:
                 return caller
             raise GatewayError(
                 401, "missing_api_key", "Send a key: `Authorization: Bearer pbi_…` (create one on the Keys page)."
             )
-        scheme, _, raw = header.decode("latin-1").partition(" ")
-        raw = raw.strip()
-        if scheme.lower() != "bearer" or not raw:
+        if not raw:
             raise GatewayError(401, "invalid_api_key", "Send the key as `Authorization: Bearer <key>`.")
         grant = await self.catalog.grant(raw)
         if grant is None:
@@ -149,12 +148,12 @@ class Gateway:
         the cookies but can neither read them nor set that header)."""
         cookies = SimpleCookie()
         with contextlib.suppress(CookieError):
-            cookies.load((_header(scope, b"cookie") or b"").decode("latin-1"))
+            cookies.load((asgi.header(scope, b"cookie") or b"").decode("latin-1"))
         session = cookies.get(settings.SESSION_COOKIE_NAME)
         if session is None:
             return None
         csrf_cookie = cookies.get(settings.CSRF_COOKIE_NAME)
-        csrf_header = (_header(scope, b"x-csrftoken") or b"").decode("latin-1")
+        csrf_header = (asgi.header(scope, b"x-csrftoken") or b"").decode("latin-1")
         if csrf_cookie is None or not csrf_header or not constant_time_compare(csrf_cookie.value, csrf_header):
             raise GatewayError(403, "csrf_failed", "Signed-in requests need the X-CSRFToken header; reload the page.")
         member = await read_db(selectors.session_member, session.value)
@@ -223,7 +222,8 @@ class Gateway:
             watcher.cancel()
 
     def record(self, caller: Caller, route: Route | None, model: str, endpoint: str, stream: bool, outcome: Outcome):
-        now = time.monotonic()
+        duration = time.monotonic() - outcome.started
+        ttft = outcome.first_at - outcome.started if outcome.first_at and stream else None
         workspace_id = route.workspace_id if route else caller.workspace_ids[0] if caller.workspace_ids else None
         if workspace_id is None:
             return  # a signed-in person of no workspace asked for a model that cannot exist for them
@@ -233,48 +233,34 @@ class Gateway:
             user_id=caller.user_id, deployment_id=route.deployment_id if route else None, model=model[:130],
             adapter=route.adapter if route else "", endpoint=endpoint, stream=stream, status=outcome.status,
             prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
-            ttft_ms=(outcome.first_at - outcome.started) * 1000 if outcome.first_at and stream else None,
-            duration_ms=(now - outcome.started) * 1000,
+            ttft_ms=ttft * 1000 if ttft is not None else None, duration_ms=duration * 1000,
         ))  # fmt: skip
         self.metrics.observe(
             deployment=(route.parent or route.model_id) if route else "", model=route.model_id if route else "",
-            status=outcome.status, duration=now - outcome.started,
-            ttft=outcome.first_at - outcome.started if outcome.first_at and stream else None,
+            status=outcome.status, duration=duration, ttft=ttft,
             prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
         )  # fmt: skip
 
     async def serve_metrics(self, scope, receive, send) -> None:
         """The console's /metrics, for Prometheus, with a personal API token of an administrator."""
         self.usage.start()
-        header = (_header(scope, b"authorization") or b"").decode("latin-1")
-        scheme, _, raw = header.partition(" ")
-        if scheme.lower() != "bearer" or not raw.strip():
+        _, raw = asgi.bearer(scope)
+        if not raw:
             raise GatewayError(
                 401, "missing_token", "Send an administrator's API token: `Authorization: Bearer pbt_…`."
             )
-        user = await read_db(lambda: api_token_authenticate(raw=raw.strip()))
+        user = await read_db(lambda: api_token_authenticate(raw=raw))
         if user is None:
             raise GatewayError(401, "invalid_token", "This API token is unknown or was revoked.")
         if not user.is_staff:
             raise GatewayError(403, "not_an_administrator", "Only an administrator's token may read /metrics.")
         body = self.metrics.render(usage_backlog=self.usage.backlog, usage_dropped=self.usage.dropped).encode()
-        await send({
-            "type": "http.response.start", "status": 200,
-            "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"), (b"content-length", str(len(body)).encode())],
-        })  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
-
-
-def _header(scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None
+        await asgi.send_whole(send, 200, body, content_type=b"text/plain; version=0.0.4; charset=utf-8")
 
 
 async def _read_body(scope, receive) -> bytes:
     limit = settings.PLUGBOARD_GATEWAY_MAX_BODY_BYTES
-    declared = _header(scope, b"content-length")
+    declared = asgi.header(scope, b"content-length")
     too_large = GatewayError(
         413, "request_too_large", f"The request body is over the gateway's limit of {limit} bytes."
     )
@@ -301,13 +287,8 @@ def _model_object(route: Route) -> dict:
     return model
 
 
-async def _respond(send, status: int, payload: dict, headers: list | None = None) -> None:
-    body = json.dumps(payload).encode()
-    await send({
-        "type": "http.response.start", "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])],
-    })  # fmt: skip
-    await send({"type": "http.response.body", "body": body})
+async def _respond(send, status: int, payload: dict) -> None:
+    await asgi.send_whole(send, status, json.dumps(payload).encode())
 
 
 async def _respond_error(send, error: GatewayError) -> None:
@@ -315,9 +296,4 @@ async def _respond_error(send, error: GatewayError) -> None:
     if error.status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     with contextlib.suppress(Exception):  # the client may be gone already
-        body = error.body()
-        await send({
-            "type": "http.response.start", "status": error.status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
-        })  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+        await asgi.send_whole(send, error.status, error.body(), headers=headers)

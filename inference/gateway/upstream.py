@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 from django.conf import settings
 
+from inference.gateway import asgi
+from inference.gateway.asgi import Send
 from inference.gateway.errors import GatewayError
-
-Send = Callable[[dict], Awaitable[None]]
 
 STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -98,13 +97,9 @@ class Upstream:
                 outcome.take_usage(json.loads(payload).get("usage"))
             except (ValueError, AttributeError):
                 pass
+        outcome.complete = True  # the whole answer is in hand: a client leaving now cancels nothing
         content_type = response.headers.get("Content-Type", "application/json").encode()
-        await send({
-            "type": "http.response.start", "status": response.status,
-            "headers": [(b"content-type", content_type), (b"content-length", str(len(payload)).encode())],
-        })  # fmt: skip
-        outcome.complete = True
-        await send({"type": "http.response.body", "body": payload})
+        await asgi.send_whole(send, response.status, payload, content_type=content_type)
 
     async def _relay_stream(
         self, response: aiohttp.ClientResponse, send: Send, outcome: Outcome, strip_usage: bool
