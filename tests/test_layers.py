@@ -8,6 +8,7 @@ composition roots config/urls.py and config/asgi.py, which mount every app."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +66,17 @@ def test_no_first_party_import_hides_inside_a_function():
         and not (path.name == "apps.py" and function == "ready")
     ]
     assert not hidden, "function-local imports of the project's own modules:\n" + "\n".join(hidden)
+
+
+def test_the_artifact_cache_imports_only_the_standard_library_and_itself():
+    # The node agent runs the cache alone, without Django or the console's settings.
+    foreign = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in sorted((ROOT / "cluster" / "cache").glob("*.py"))
+        for line, module, _ in imports_of(ast.parse(path.read_text()))
+        if module.split(".")[0] not in sys.stdlib_module_names and not module.startswith("cluster.cache")
+    ]
+    assert not foreign, "the cache imports outside the standard library:\n" + "\n".join(foreign)
 
 
 def test_the_checks_find_what_they_look_for():

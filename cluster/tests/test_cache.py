@@ -1,4 +1,4 @@
-"""Unit tests of the artifact cache engine (cluster/cache.py): pure logic over
+"""Unit tests of the artifact cache engine (cluster/cache/): pure logic over
 in-memory and local-file sources, no Django. The S3 path is measured by
 bench/fetch_s3.py against a real S3-protocol server."""
 
@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import cache as cache_module
-from cluster.cache import ArtifactCache, FetchCancelled, FetchError, Wanted, evict_lru
+from cluster.cache import ArtifactCache, FetchCancelled, FetchError, Wanted, evict_lru, store
 
 REPO = Path(__file__).resolve().parents[2]
 KiB = 1024
@@ -292,8 +291,9 @@ def test_a_fetch_killed_mid_way_resumes_without_downloading_everything_again(tmp
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
         from cluster import cache
+        from cluster.cache import partial
 
-        cache.SIDECAR_INTERVAL = 0  # record every chunk, so the kill lands after some are recorded
+        partial.SIDECAR_INTERVAL = 0  # record every chunk, so the kill lands after some are recorded
 
         def read(path, start, end):  # a slow source: about 3 MB/s per thread
             with open({str(source_file)!r}, "rb") as f:
@@ -433,7 +433,7 @@ def test_the_space_check_counts_chunks_already_downloaded(cache, monkeypatch):
     data = os.urandom(2 * MiB)
     with pytest.raises(SourceBroken):
         cache.fetch("tight", [wanted("model.bin", data)], MemorySource({"model.bin": data}, fail_after=MiB))
-    monkeypatch.setattr(ArtifactCache, "free_bytes", lambda self: cache_module.SPACE_MARGIN + MiB + MiB // 2)
+    monkeypatch.setattr(ArtifactCache, "free_bytes", lambda self: store.SPACE_MARGIN + MiB + MiB // 2)
 
     report = cache.fetch("tight", [wanted("model.bin", data)], MemorySource({"model.bin": data}))
 
