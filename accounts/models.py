@@ -41,19 +41,26 @@ class Membership(models.Model):
         return self.role in (Role.OWNER, Role.EDITOR)
 
 
-class ApiToken(models.Model):
-    """A personal token for the REST API. Only its SHA-256 is stored; the
-    token itself is shown once, when it is created."""
+class HashedSecret(models.Model):
+    """A secret shown once, when it is created: only its SHA-256 (`digest`) is
+    stored. Each kind declares its own `prefix`, the secret's first characters
+    that tell secrets apart in lists."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=100)
-    prefix = models.CharField(max_length=12, help_text="The token's first characters, to tell tokens apart.")
     digest = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        abstract = True
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class ApiToken(HashedSecret):
+    """A personal token for the REST API."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    prefix = models.CharField(max_length=12, help_text="The token's first characters, to tell tokens apart.")

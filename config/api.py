@@ -1,4 +1,4 @@
-"""API plumbing shared by every app: the error shape."""
+"""API plumbing shared by every app: the error shape, reading a request's body and query."""
 
 from __future__ import annotations
 
@@ -25,3 +25,20 @@ def exception_handler(exc, context):
     if response.status_code == status.HTTP_404_NOT_FOUND:
         response.data = {"detail": "Not found."}
     return response
+
+
+def validated(serializer_class, request, **kwargs):
+    """Returns `serializer_class` bound to the request's body and validated; raises
+    ValidationError (a 400 naming the fields) when the body is invalid."""
+    serializer = serializer_class(data=request.data, **kwargs)
+    serializer.is_valid(raise_exception=True)
+    return serializer
+
+
+def filter_by_query(queryset, request, **lookups):
+    """Returns `queryset` narrowed by each query parameter of `lookups`
+    ({parameter: field lookup}) that the request gives a value."""
+    for parameter, lookup in lookups.items():
+        if value := request.query_params.get(parameter):
+            queryset = queryset.filter(**{lookup: value})
+    return queryset

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from django.contrib import messages
 from django.shortcuts import redirect, render
 
@@ -20,3 +23,14 @@ def confirm_delete(request, obj, *, delete, done_url):
         return redirect(obj)
     messages.success(request, f"Deleted {obj}.")
     return redirect(done_url)
+
+
+@contextmanager
+def errors_on(form) -> Iterator[None]:
+    """Shows a DomainError raised in the block on `form`, as an error of the whole
+    form; the rest of the block is skipped and the view goes on after it (to
+    render the form again), as it would for an invalid field."""
+    try:
+        yield
+    except DomainError as exc:
+        form.add_error(None, exc.message)

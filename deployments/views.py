@@ -12,7 +12,7 @@ from django_htmx.http import HttpResponseStopPolling
 from accounts.access import can_write, get_for, workspace_for_write
 from config import charts as charts_module
 from config.errors import DomainError
-from config.views import confirm_delete
+from config.views import confirm_delete, errors_on
 from deployments import server_metrics, services, wizard
 from deployments.forms import DeploymentEditForm
 from deployments.models import Deployment
@@ -75,14 +75,11 @@ def deployment_edit(request, pk):
     deployment = _deployment_for(request, pk, write=True)
     form = DeploymentEditForm(request.POST or None, initial=DeploymentEditForm.initial_for(deployment))
     if request.method == "POST" and form.is_valid():
-        try:
+        with errors_on(form):
             deployment = services.deployment_update(
                 deployment=deployment, **form.update_arguments(),
                 allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
             )  # fmt: skip
-        except DomainError as exc:
-            form.add_error(None, exc.message)
-        else:
             messages.success(
                 request, f"Saved as revision {deployment.revision}: redeploying on {deployment.node.name}."
             )

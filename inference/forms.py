@@ -2,14 +2,12 @@ from __future__ import annotations
 
 from django import forms
 
-from accounts.selectors import writable_workspaces_for
-from config.forms import StyledForm
+from accounts.forms import WorkspaceForm
 from deployments.models import Deployment
 
 
-class InferenceKeyForm(StyledForm):
+class InferenceKeyForm(WorkspaceForm):
     name = forms.CharField(max_length=100, help_text="What will use it, such as “support chatbot”.")
-    workspace = forms.ModelChoiceField(queryset=None, empty_label=None)
     scope = forms.ChoiceField(
         choices=[("all", "Every deployment of the workspace, now and later"), ("chosen", "Only the deployments chosen")],
         initial="all", widget=forms.RadioSelect,
@@ -20,11 +18,11 @@ class InferenceKeyForm(StyledForm):
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
     )  # fmt: skip
 
-    def __init__(self, *args, user, **kwargs):
+    field_order = ["name", "workspace"]
+
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        workspaces = writable_workspaces_for(user)
-        self.fields["workspace"].queryset = workspaces
-        self.fields["deployments"].queryset = Deployment.objects.filter(workspace__in=workspaces)
+        self.fields["deployments"].queryset = Deployment.objects.filter(workspace__in=self.workspaces)
 
     def clean(self):
         data = super().clean()

@@ -4,19 +4,16 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from accounts.models import Workspace
+from accounts.models import HashedSecret, Workspace
 from deployments.models import Deployment
 
 
-class InferenceKey(models.Model):
+class InferenceKey(HashedSecret):
     """A key for the OpenAI-compatible gateway. It belongs to a workspace, not
-    to a person, so an application keeps working when its author leaves. Only
-    its SHA-256 is stored; the key itself is shown once."""
+    to a person, so an application keeps working when its author leaves."""
 
     workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="inference_keys")
-    name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=16, help_text="The key's first characters, to tell keys apart.")
-    digest = models.CharField(max_length=64, unique=True)
     all_deployments = models.BooleanField(
         default=True, help_text="Every deployment of the workspace, now and later; otherwise only `deployments`."
     )
@@ -24,14 +21,6 @@ class InferenceKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.prefix}…)"
 
     @property
     def is_expired(self) -> bool:

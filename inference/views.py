@@ -13,6 +13,7 @@ from django.views.decorators.http import require_POST
 from accounts.models import Role
 from config import charts
 from config.errors import DomainError
+from config.views import errors_on
 from deployments.models import Deployment, DeploymentAdapter
 from inference import selectors, services
 from inference.forms import InferenceKeyForm
@@ -70,14 +71,12 @@ def keys(request):
     new_key = None
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
-        try:
+        with errors_on(form):
             _, new_key = services.inference_key_create(
                 workspace=data["workspace"], name=data["name"], user=request.user, expires_at=data["expires_at"],
                 deployments=data["deployments"] if data["scope"] == "chosen" else None,
             )  # fmt: skip
             form = InferenceKeyForm(user=request.user)
-        except DomainError as exc:
-            form.add_error(None, exc.message)
     context = {
         "form": form,
         "new_key": new_key,

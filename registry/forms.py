@@ -2,13 +2,12 @@ from __future__ import annotations
 
 from django import forms
 
-from accounts.selectors import writable_workspaces_for
+from accounts.forms import WorkspaceForm
 from config.forms import StyledForm
 from registry.models import ArtifactKind, Connection, ConnectionKind
 
 
-class ConnectionForm(StyledForm):
-    workspace = forms.ModelChoiceField(queryset=None, empty_label=None)
+class ConnectionForm(WorkspaceForm):
     name = forms.CharField(max_length=100)
     kind = forms.ChoiceField(choices=ConnectionKind.choices)
     endpoint_url = forms.URLField(
@@ -30,9 +29,8 @@ class ConnectionForm(StyledForm):
 
     SECRET_FIELDS = ("access_key_id", "secret_access_key", "token")
 
-    def __init__(self, *args, user, instance: Connection | None = None, **kwargs):
+    def __init__(self, *args, instance: Connection | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["workspace"].queryset = writable_workspaces_for(user)
         if instance is not None:
             del self.fields["workspace"]
             del self.fields["kind"]
@@ -46,8 +44,7 @@ class ConnectionForm(StyledForm):
         return data, secrets
 
 
-class ArtifactForm(StyledForm):
-    workspace = forms.ModelChoiceField(queryset=None, empty_label=None)
+class ArtifactForm(WorkspaceForm):
     name = forms.CharField(max_length=100)
     kind = forms.ChoiceField(choices=ArtifactKind.choices, widget=forms.RadioSelect, initial=ArtifactKind.BASE)
     connection = forms.ModelChoiceField(queryset=None, empty_label=None)
@@ -59,11 +56,9 @@ class ArtifactForm(StyledForm):
     tags = forms.CharField(required=False, help_text="Comma-separated.")
     license = forms.CharField(required=False, max_length=100)
 
-    def __init__(self, *args, user, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        workspaces = writable_workspaces_for(user)
-        self.fields["workspace"].queryset = workspaces
-        self.fields["connection"].queryset = Connection.objects.filter(workspace__in=workspaces)
+        self.fields["connection"].queryset = Connection.objects.filter(workspace__in=self.workspaces)
 
 
 class ArtifactEditForm(StyledForm):

@@ -8,7 +8,7 @@ from django_htmx.http import HttpResponseStopPolling
 
 from accounts.access import can_write, get_for, workspace_for_write
 from config.errors import DomainError
-from config.views import confirm_delete
+from config.views import confirm_delete, errors_on
 from registry import dependents, selectors, services
 from registry.forms import ArtifactEditForm, ArtifactFilterForm, ArtifactForm, ConnectionForm
 from registry.models import Artifact, Connection
@@ -41,17 +41,12 @@ def artifact_register(request):
     form = ArtifactForm(request.POST or None, user=request.user, initial={"kind": request.GET.get("kind", "base")})
     if request.method == "POST" and form.is_valid():
         data = dict(form.cleaned_data)
-        try:
+        with errors_on(form):
             workspace = workspace_for_write(request.user, data.pop("workspace"))
-            if data["connection"].workspace_id != workspace.pk:
-                raise DomainError("Pick a connection of the same workspace.")
             artifact = services.artifact_register(workspace=workspace, user=request.user, **data)
-        except DomainError as exc:
-            form.add_error(None, exc.message)
-        else:
             messages.success(request, f"Registered {artifact.name}; inspecting it now.")
             return redirect(artifact)
-    return render(request, "registry/artifact_form.html", {"form": form, "title": "Register a model or adapter"})
+    return render(request, "form_page.html", {"form": form, "title": "Register a model or adapter"})
 
 
 def artifact_detail(request, pk):
@@ -80,14 +75,11 @@ def artifact_edit(request, pk):
     initial["tags"] = ", ".join(artifact.tags)
     form = ArtifactEditForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
-        try:
+        with errors_on(form):
             services.artifact_update(artifact=artifact, **form.cleaned_data)
-        except DomainError as exc:
-            form.add_error(None, exc.message)
-        else:
             messages.success(request, "Saved.")
             return redirect(artifact)
-    return render(request, "registry/artifact_form.html", {"form": form, "title": f"Edit {artifact.name}"})
+    return render(request, "form_page.html", {"form": form, "title": f"Edit {artifact.name}"})
 
 
 def artifact_delete(request, pk):
@@ -119,12 +111,9 @@ def connection_create(request):
     form = ConnectionForm(request.POST or None, user=request.user, initial={"kind": request.GET.get("kind", "s3")})
     if request.method == "POST" and form.is_valid():
         fields, secrets = form.split()
-        try:
+        with errors_on(form):
             workspace = workspace_for_write(request.user, fields.pop("workspace"))
             connection = services.connection_create(workspace=workspace, user=request.user, secrets=secrets, **fields)
-        except DomainError as exc:
-            form.add_error(None, exc.message)
-        else:
             messages.success(request, f"Saved {connection.name}. Test it to be sure it works.")
             return redirect(connection)
     return render(request, "registry/connection_form.html", {"form": form, "title": "New connection"})
@@ -151,11 +140,8 @@ def connection_edit(request, pk):
     )
     if request.method == "POST" and form.is_valid():
         data, secrets = form.split()
-        try:
+        with errors_on(form):
             services.connection_update(connection=connection, secrets=secrets, **data)
-        except DomainError as exc:
-            form.add_error(None, exc.message)
-        else:
             messages.success(request, "Saved.")
             return redirect(connection)
     return render(request, "registry/connection_form.html", {"form": form, "title": f"Edit {connection.name}"})

@@ -8,6 +8,7 @@ from accounts import services
 from accounts.api.serializers import ApiTokenCreatedSerializer, ApiTokenSerializer, WorkspaceSerializer
 from accounts.models import ApiToken, Workspace
 from accounts.selectors import workspaces_for
+from config.api import validated
 
 
 class WorkspaceViewSet(viewsets.ReadOnlyModelViewSet):
@@ -33,9 +34,8 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.DestroyModelMixin, viewsets.
 
     @extend_schema(request=ApiTokenSerializer, responses={201: ApiTokenCreatedSerializer})
     def create(self, request):
-        serializer = ApiTokenSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        token, raw = services.api_token_create(user=request.user, name=serializer.validated_data["name"])
+        name = validated(ApiTokenSerializer, request).validated_data["name"]
+        token, raw = services.api_token_create(user=request.user, name=name)
         data = ApiTokenSerializer(token).data | {"token": raw}
         return Response(data, status=status.HTTP_201_CREATED)
 

@@ -14,6 +14,7 @@ from cluster.api.serializers import (
     NodeSerializer,
 )
 from cluster.models import Accelerator, CachedArtifact, Node
+from config.api import filter_by_query, validated
 from registry.models import Artifact
 
 
@@ -38,12 +39,8 @@ class CacheViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation has no user
             return CachedArtifact.objects.none()
-        qs = selectors.cached_visible_to(self.request.user)
-        if node := self.request.query_params.get("node"):
-            qs = qs.filter(node__name=node)
-        if artifact := self.request.query_params.get("artifact"):
-            qs = qs.filter(artifact_id=artifact)
-        return qs
+        cached = selectors.cached_visible_to(self.request.user)
+        return filter_by_query(cached, self.request, node="node__name", artifact="artifact_id")
 
     def _writable(self) -> CachedArtifact:
         return get_for(self.request.user, CachedArtifact.objects.select_related("node", "artifact"), self.kwargs["pk"],
@@ -51,10 +48,9 @@ class CacheViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
 
     @extend_schema(request=FetchRequestSerializer, responses={202: CachedArtifactSerializer})
     def create(self, request):
-        serializer = FetchRequestSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        artifact = get_for(request.user, Artifact.objects.all(), serializer.validated_data["artifact"], write=True)
-        cached = services.artifact_fetch_request(artifact=artifact, node=serializer.validated_data["node"])
+        data = validated(FetchRequestSerializer, request).validated_data
+        artifact = get_for(request.user, Artifact.objects.all(), data["artifact"], write=True)
+        cached = services.artifact_fetch_request(artifact=artifact, node=data["node"])
         return Response(CachedArtifactSerializer(cached).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses=CachedArtifactSerializer)

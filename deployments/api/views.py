@@ -7,6 +7,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from accounts.access import get_for, workspace_for_write
+from config.api import validated
 from deployments import services
 from deployments.api.serializers import (
     AdapterChoiceSerializer,
@@ -50,9 +51,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
 
     @extend_schema(request=DeploymentCreateSerializer, responses={202: DeploymentSerializer})
     def create(self, request):
-        serializer = DeploymentCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = validated(DeploymentCreateSerializer, request).validated_data
         workspace = workspace_for_write(request.user, data.get("workspace"))
         base = get_for(request.user, Artifact.objects.all(), data["base"])
         adapters = [
@@ -70,10 +69,9 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     def partial_update(self, request, pk=None):
         """Changes settings, extra arguments, environment or resources (node, GPU
         indices): a new revision, which is redeployed, on the new node if it moved."""
-        serializer = DeploymentUpdateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        data = validated(DeploymentUpdateSerializer, request).validated_data
         deployment = services.deployment_update(
-            deployment=self._writable(), **serializer.validated_data,
+            deployment=self._writable(), **data,
             allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
         )  # fmt: skip
         return Response(DeploymentSerializer(deployment).data, status=202)
@@ -102,12 +100,9 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     def attach(self, request, pk=None):
         """Loads another compatible adapter into the live server, without restarting it."""
         deployment = self._writable()
-        serializer = AdapterChoiceSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        adapter = get_for(request.user, Artifact.objects.all(), serializer.validated_data["adapter"])
-        services.adapter_attach(
-            deployment=deployment, adapter=adapter, served_name=serializer.validated_data["served_name"]
-        )
+        data = validated(AdapterChoiceSerializer, request).validated_data
+        adapter = get_for(request.user, Artifact.objects.all(), data["adapter"])
+        services.adapter_attach(deployment=deployment, adapter=adapter, served_name=data["served_name"])
         deployment.refresh_from_db()
         return Response(DeploymentSerializer(deployment).data, status=202)
 

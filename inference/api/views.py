@@ -9,6 +9,7 @@ from rest_framework.response import Response
 
 from accounts.access import get_for, workspace_for_write
 from accounts.models import Role
+from config.api import filter_by_query, validated
 from inference import selectors, services
 from inference.api.serializers import (
     InferenceKeyCreatedSerializer,
@@ -42,9 +43,7 @@ class InferenceKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
 
     @extend_schema(request=InferenceKeyCreateSerializer, responses={201: InferenceKeyCreatedSerializer})
     def create(self, request):
-        serializer = InferenceKeyCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = validated(InferenceKeyCreateSerializer, request).validated_data
         workspace = workspace_for_write(request.user, data.get("workspace"))
         deployments = data.get("deployments")
         if deployments is not None:
@@ -76,9 +75,7 @@ class UsageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         records = UsageRecord.objects.filter(workspace__memberships__user=self.request.user).select_related(
             "key", "user", "deployment"
         )
-        if workspace := self.request.query_params.get("workspace"):
-            records = records.filter(workspace__slug=workspace)
-        return records
+        return filter_by_query(records, self.request, workspace="workspace__slug")
 
     @extend_schema(
         parameters=[

@@ -6,6 +6,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from accounts.access import get_for, workspace_for_write
+from config.api import filter_by_query, validated
 from registry import selectors, services
 from registry.api.serializers import (
     KIND_OF_ENDPOINT,
@@ -36,9 +37,7 @@ class ConnectionViewSet(viewsets.ModelViewSet):
 
     @extend_schema(request=ConnectionWriteSerializer, responses={201: ConnectionSerializer})
     def create(self, request):
-        serializer = ConnectionWriteSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        fields, secrets = serializer.split()
+        fields, secrets = validated(ConnectionWriteSerializer, request).split()
         workspace = workspace_for_write(request.user, fields.pop("workspace", None))
         connection = services.connection_create(workspace=workspace, user=request.user, secrets=secrets, **fields)
         return Response(ConnectionSerializer(connection).data, status=status.HTTP_201_CREATED)
@@ -46,9 +45,7 @@ class ConnectionViewSet(viewsets.ModelViewSet):
     @extend_schema(request=ConnectionWriteSerializer, responses=ConnectionSerializer)
     def partial_update(self, request, pk=None):
         connection = self.get_object(write=True)
-        serializer = ConnectionWriteSerializer(data=request.data, partial=True)
-        serializer.is_valid(raise_exception=True)
-        fields, secrets = serializer.split()
+        fields, secrets = validated(ConnectionWriteSerializer, request, partial=True).split()
         fields.pop("workspace", None)
         fields.pop("kind", None)
         connection = services.connection_update(connection=connection, secrets=secrets, **fields)
@@ -110,9 +107,7 @@ class ArtifactViewSet(viewsets.GenericViewSet, mixins.ListModelMixin, mixins.Ret
 
     @extend_schema(request=ArtifactWriteSerializer, responses={202: ArtifactSerializer})
     def create(self, request):
-        serializer = ArtifactWriteSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = dict(serializer.validated_data)
+        data = dict(validated(ArtifactWriteSerializer, request).validated_data)
         workspace = workspace_for_write(request.user, data.pop("workspace", None))
         connection = get_for(request.user, Connection.objects.all(), data.pop("connection").pk)
         artifact = services.artifact_register(
@@ -123,9 +118,8 @@ class ArtifactViewSet(viewsets.GenericViewSet, mixins.ListModelMixin, mixins.Ret
     @extend_schema(request=ArtifactUpdateSerializer, responses=ArtifactSerializer)
     def partial_update(self, request, pk=None):
         artifact = self.get_object(write=True)
-        serializer = ArtifactUpdateSerializer(data=request.data, partial=True)
-        serializer.is_valid(raise_exception=True)
-        artifact = services.artifact_update(artifact=artifact, **serializer.validated_data)
+        data = validated(ArtifactUpdateSerializer, request, partial=True).validated_data
+        artifact = services.artifact_update(artifact=artifact, **data)
         return Response(ArtifactSerializer(artifact).data)
 
     def destroy(self, request, pk=None):
@@ -162,12 +156,8 @@ class CompatibilityViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Compatibility.objects.none()
-        qs = selectors.compatibility_visible_to(self.request.user)
-        if adapter := self.request.query_params.get("adapter"):
-            qs = qs.filter(adapter_id=adapter)
-        if base := self.request.query_params.get("base"):
-            qs = qs.filter(base_id=base)
-        return qs
+        verdicts = selectors.compatibility_visible_to(self.request.user)
+        return filter_by_query(verdicts, self.request, adapter="adapter_id", base="base_id")
 
     @extend_schema(parameters=[OpenApiParameter("adapter", int), OpenApiParameter("base", int)])
     def list(self, request, *args, **kwargs):
