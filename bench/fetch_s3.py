@@ -5,7 +5,7 @@ Starts moto's S3 server on loopback, uploads a 1 GiB artifact of random bytes
 `client.download_file` (default TransferConfig) and fetches it with
 `ArtifactCache.fetch` (chunked, parallel, resumable, verified against the
 objects' ETags) into a fresh cache. Prints every run, the best of each side
-and the ratio cache / boto3 (target: >= 0.9). Cleans up after itself.
+and the ratio cache / boto3 (target: >= 1). Cleans up after itself.
 
     .venv/bin/python bench/fetch_s3.py [--files 4] [--file-mib 256] [--runs 2]
                                        [--chunk-mib 16] [--parallel 8]
@@ -22,11 +22,15 @@ import argparse
 import inspect
 import os
 import shutil
+import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
-from cluster.cache import ArtifactCache, FetchReport, Wanted
+from cluster.cache import ArtifactCache, FetchReport, Wanted, checksums
+from cluster.cache.checksums import Verifier
+from cluster.cache.partial import Job
 from tests.support.s3_server import S3Server
 from tests.support.s3rver import S3rver
 
@@ -64,6 +68,71 @@ def s3_reader(client, bucket: str, prefix: str):
     return read
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """Returns the CPU seconds (user + system) used so far by the processes of a process group."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields[2] is pgrp; utime and stime are fields[11] and fields[12]
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Wall seconds, this process's CPU seconds (every thread) and the store's CPU seconds over a block."""
+
+    def __init__(self, server: S3Server | S3rver) -> None:
+        self.pgid = server.process.pid  # started in a session of its own: its pid is the group's id
+
+    def __enter__(self) -> CpuMeter:
+        self._start = (time.perf_counter(), time.process_time(), group_cpu_seconds(self.pgid))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = (time.perf_counter(), time.process_time(), group_cpu_seconds(self.pgid))
+        self.wall, self.cpu, self.server_cpu = (b - a for a, b in zip(self._start, end, strict=True))
+
+    def line(self) -> str:
+        return f"wall {self.wall:5.2f} s, client CPU {self.cpu:5.2f} s, store CPU {self.server_cpu:5.2f} s"
+
+
+class StageClock:
+    """With --profile: the CPU seconds the cache's threads spend hashing and writing, summed over threads
+    (time.thread_time around the sha256 pass, the manifest's digest, which runs in a thread of its own, and
+    Job.write), to tell what the client's CPU goes to."""
+
+    def __init__(self) -> None:
+        self.seconds = {"sha256": 0.0, "manifest digest": 0.0, "write": 0.0}
+        self.last_write = 0.0  # when the last byte from the store was written (time.perf_counter)
+        self._lock = threading.Lock()
+
+    def wrap(self, owner, method: str, stage: str) -> None:
+        original = getattr(owner, method)
+
+        def timed(*args, **kwargs):
+            started = time.thread_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.seconds[stage] += time.thread_time() - started
+                    if stage == "write":
+                        self.last_write = max(self.last_write, time.perf_counter())
+
+        setattr(owner, method, timed)
+
+    def take(self, ended: float) -> str:
+        """The CPU seconds per stage, and how long the fetch went on after its last byte arrived: the
+        verification that did not overlap the download."""
+        line = ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in self.seconds.items())
+        line += f"; after the last byte: {ended - self.last_write:.2f} s"
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+        return line
+
+
 def run_boto3(client, names: list[str], into: Path) -> float:
     """Downloads every object with client.download_file, one after another; returns the seconds it took."""
     into.mkdir()
@@ -77,16 +146,17 @@ def run_boto3(client, names: list[str], into: Path) -> float:
 
 def run_cache(
     server: S3Server | S3rver, wanted: list[Wanted], into: Path, *, chunk: int, parallel: int
-) -> tuple[float, FetchReport]:
-    """Fetches the artifact into a fresh cache at `into`; returns the seconds it took and the report."""
+) -> tuple[float, FetchReport, float]:
+    """Fetches the artifact into a fresh cache at `into`; returns the seconds it took, the report, and when it
+    ended (time.perf_counter)."""
     # One pooled connection per fetching thread, or threads queue for connections.
     client = server.client(max_pool_connections=max(parallel, 10))
     cache = ArtifactCache(into, chunk_size=chunk, parallel=parallel)
     started = time.perf_counter()
     report = cache.fetch("bench", wanted, s3_reader(client, BUCKET, PREFIX))
-    elapsed = time.perf_counter() - started
+    ended = time.perf_counter()
     shutil.rmtree(into)
-    return elapsed, report
+    return ended - started, report, ended
 
 
 def main() -> None:
@@ -97,6 +167,7 @@ def main() -> None:
     parser.add_argument("--chunk-mib", type=float, default=DEFAULTS["chunk_size"].default / MiB)
     parser.add_argument("--parallel", type=int, default=DEFAULTS["parallel"].default)
     parser.add_argument("--sweep", action="store_true", help="then time the cache once per setting in SWEEP")
+    parser.add_argument("--profile", action="store_true", help="also sum the cache threads' CPU in hashing and writing")
     parser.add_argument(
         "--store", choices=["moto", "s3rver"], default="moto",
         help="moto's server over HTTP, or s3rver (npm) over TLS with a private CA",
@@ -124,33 +195,52 @@ def main() -> None:
             head = client.head_object(Bucket=BUCKET, Key=PREFIX + name)
             wanted.append(Wanted(name, head["ContentLength"], head["ETag"].strip('"'), "etag"))
         print(f"ETag of the first file: {wanted[0].checksum}")
+        if sum(w.size for w in wanted) != total:  # the store kept something other than what was uploaded
+            raise SystemExit(f"{args.store} holds {sum(w.size for w in wanted)} bytes, not the {total} uploaded")
 
         print(f"cache settings: chunk_size={chunk / MiB:g} MiB, parallel={args.parallel}", flush=True)
+        clock = StageClock()
+        if args.profile:
+            clock.wrap(Verifier, "update", "sha256")  # its own thread's CPU only: the sha256
+            clock.wrap(checksums._Hashlib, "update", "manifest digest")
+            clock.wrap(Job, "write", "write")
         boto_runs: list[float] = []
         cache_runs: list[float] = []
         for run in range(args.runs):
-            boto_runs.append(run_boto3(client, list(sources), work / f"boto3-{run}"))
-            print(f"  boto3 download_file  run {run + 1}: {total / MiB / boto_runs[-1]:7.1f} MB/s", flush=True)
-            elapsed, report = run_cache(server, wanted, work / f"cache-{run}", chunk=chunk, parallel=args.parallel)
+            with CpuMeter(server) as meter:
+                boto_runs.append(run_boto3(client, list(sources), work / f"boto3-{run}"))
+            print(f"  boto3 download_file  run {run + 1}: {total / MiB / boto_runs[-1]:7.1f} MB/s  ({meter.line()})")
+            with CpuMeter(server) as meter:
+                elapsed, report, ended = run_cache(
+                    server, wanted, work / f"cache-{run}", chunk=chunk, parallel=args.parallel
+                )
             cache_runs.append(elapsed)
-            assert report.bytes_transferred >= total and not report.unverified, report
-            extra = report.bytes_transferred - total  # a piece read again after a dropped connection
-            note = f", {extra} bytes read twice" if extra else ""
+            assert report.bytes_transferred == total and not report.unverified, report
             print(
-                f"  ArtifactCache.fetch  run {run + 1}: {total / MiB / elapsed:7.1f} MB/s (verified{note})", flush=True
+                f"  ArtifactCache.fetch  run {run + 1}: {total / MiB / elapsed:7.1f} MB/s  ({meter.line()}, verified)"
             )
+            if args.profile:
+                print(f"    cache threads' CPU: {clock.take(ended)}")
+            sys.stdout.flush()
 
         boto_best = total / MiB / min(boto_runs)
         cache_best = total / MiB / min(cache_runs)
+        boto_median = total / MiB / statistics.median(boto_runs)
+        cache_median = total / MiB / statistics.median(cache_runs)
         print()
         print(f"artifact: {args.files} x {args.file_mib} MiB = {total / MiB:.0f} MiB; MB/s = MiB/s")
-        print(f"boto3 download_file (default TransferConfig): best {boto_best:.1f} MB/s")
-        print(f"ArtifactCache.fetch (chunk {chunk / MiB:g} MiB, parallel {args.parallel}): best {cache_best:.1f} MB/s")
-        print(f"ratio cache / boto3: {cache_best / boto_best:.2f} (target >= 0.9)")
+        print(f"boto3 download_file (default TransferConfig): best {boto_best:.1f} MB/s, median {boto_median:.1f}")
+        print(
+            f"ArtifactCache.fetch (chunk {chunk / MiB:g} MiB, parallel {args.parallel}): "
+            f"best {cache_best:.1f} MB/s, median {cache_median:.1f}"
+        )
+        print(f"ratio cache / boto3: best {cache_best / boto_best:.2f}, median {cache_median / boto_median:.2f}")
         if args.sweep:
             print("\nsweep (one run each):", flush=True)
             for sweep_chunk, sweep_parallel in SWEEP:
-                elapsed, _ = run_cache(server, wanted, work / "sweep", chunk=sweep_chunk * MiB, parallel=sweep_parallel)
+                elapsed, _, _ = run_cache(
+                    server, wanted, work / "sweep", chunk=sweep_chunk * MiB, parallel=sweep_parallel
+                )
                 rate = total / MiB / elapsed
                 print(
                     f"  chunk {sweep_chunk:3d} MiB, parallel {sweep_parallel:2d}: {rate:7.1f} MB/s, "

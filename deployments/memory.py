@@ -39,13 +39,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from deployments.vllm_args import DEFAULT_CPU_KV_CACHE_BYTES, DEFAULT_GPU_MEMORY_UTILIZATION
 from registry.safetensors import DTYPE_BYTES
 
 GiB = 1024**3
 MiB = 1024**2
 BLOCK_SIZE = 16  # vLLM allocates the KV cache in blocks of this many tokens
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default
-DEFAULT_CPU_KV_CACHE_BYTES = 1 * GiB  # what the console passes on CPU unless told otherwise
 
 # GPU overhead inside vLLM's budget: activations during the profiling run and
 # CUDA graphs. Not measured here (no GPU build of vLLM on these machines): a
@@ -311,6 +310,13 @@ def _gib(value: float) -> str:
     return f"{value / GiB:.1f} GiB"
 
 
+def _verdict(problems: list[str], fits: str, tokens: int) -> Verdict:
+    """Does not fit, naming every problem found; or fits, with the `fits` message."""
+    if problems:
+        return Verdict(False, "Does not fit: " + "; ".join(problems) + ".", tokens)
+    return Verdict(True, fits, tokens)
+
+
 def verdict(
     estimate: Estimate,
     *,
@@ -358,10 +364,8 @@ def verdict(
             f"vLLM claims {util:g} × {_gib(memory_total)} = {_gib(budget)} at start, but {_gib(memory_free)} of "
             f"{_gib(memory_total)} is free, less ~{_gib(CUDA_CONTEXT_BYTES)} for its CUDA context; {advice}"
         )
-    if problems:
-        return Verdict(False, "Does not fit: " + "; ".join(problems) + ".", tokens)
-    return Verdict(
-        True,
+    return _verdict(
+        problems,
         f"Fits: needs {_gib(estimate.needed)} of the {_gib(budget)} budget ({util:g} × {_gib(memory_total)}, "
         f"{_gib(memory_free)} free); the KV cache holds about {tokens:,} tokens "
         f"(max_model_len {estimate.max_model_len:,}).",
@@ -386,10 +390,8 @@ def _cpu_verdict(estimate: Estimate, *, memory_total: int, memory_free: int) -> 
             f"{estimate.max_model_len:,}: raise the KV cache size to at least "
             f"{_gib(estimate.min_kv_cache + BLOCK_SIZE * estimate.kv_cache_per_token)} or lower max_model_len"
         )
-    if problems:
-        return Verdict(False, "Does not fit: " + "; ".join(problems) + ".", tokens)
-    return Verdict(
-        True,
+    return _verdict(
+        problems,
         f"Fits: needs {_gib(estimate.needed)} ({parts}), {_gib(memory_free)} of {_gib(memory_total)} is "
         f"available; the KV cache holds {tokens:,} tokens (max_model_len {estimate.max_model_len:,}).",
         tokens,

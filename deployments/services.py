@@ -23,14 +23,6 @@ from registry.models import Artifact, ArtifactKind, Compatibility
 
 log = logging.getLogger(__name__)
 
-SETTING_KEYS = {
-    "dtype", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "max_loras", "max_lora_rank",
-    "max_cpu_loras", "enable_prefix_caching", "enforce_eager", "kv_cache_bytes", "cpu_threads", "device",
-}  # fmt: skip
-# Settings that mean nothing on the other kind of device: dropped when a deployment moves between them.
-GPU_ONLY = ("gpu_memory_utilization", "tensor_parallel_size")
-CPU_ONLY = ("cpu_threads",)
-
 
 def event_record(*, deployment: Deployment, message: str, status: str = "") -> DeploymentEvent:
     return DeploymentEvent.objects.create(deployment=deployment, status=status, message=message)
@@ -116,18 +108,23 @@ def deployment_mark_degraded(*, deployment: Deployment, reason: str) -> Deployme
     return _move(deployment=deployment, to=lifecycle.DEGRADED, reason=reason)
 
 
+def _check_fields(fields: dict, allowed: set[str]) -> None:
+    """Refuses a field a transition does not own: a programming error, never a user's."""
+    unknown = fields.keys() - allowed
+    if unknown:
+        raise TypeError(f"This transition does not set {', '.join(sorted(unknown))}.")
+
+
 def deployment_mark_restarting(*, deployment: Deployment, reason: str, **fields) -> Deployment:
     """The server is being restarted: it crashed (with the backoff in `fields`), a restart or a
     new revision was asked for, or it moved to this node and waits for the old one."""
-    allowed = {"pid", "restart_requested", "failures", "next_start_at", "log_tail"}
-    assert fields.keys() <= allowed, fields.keys() - allowed
+    _check_fields(fields, {"pid", "restart_requested", "failures", "next_start_at", "log_tail"})
     return _move(deployment=deployment, to=lifecycle.RESTARTING, reason=reason, **fields)
 
 
 def deployment_mark_failed(*, deployment: Deployment, reason: str, **fields) -> Deployment:
     """It waits for a person: too many crashes in a row, or its base model cannot be fetched."""
-    allowed = {"pid", "port", "failures", "log_tail"}
-    assert fields.keys() <= allowed, fields.keys() - allowed
+    _check_fields(fields, {"pid", "port", "failures", "log_tail"})
     return _move(deployment=deployment, to=lifecycle.FAILED, reason=reason, **fields)
 
 
@@ -189,7 +186,7 @@ def deployment_create(
     if name in names:
         raise DomainError(f"An adapter's served name cannot be the deployment's own name “{name}”.")
 
-    options = {k: v for k, v in (settings or {}).items() if k in SETTING_KEYS and v not in (None, "")}
+    options = {k: v for k, v in (settings or {}).items() if k in vllm_args.SETTINGS and v not in (None, "")}
     ranks = [a.rank or 1 for a, _ in served]
     states = accelerator_states()
     device = options.pop("device", None) or _device_for(node, states)
@@ -445,7 +442,7 @@ def deployment_update(
     new_node = node or deployment.node
     indices = list(deployment.accelerator_indices if accelerator_indices is None else accelerator_indices)
     moved = new_node.pk != deployment.node_id or indices != list(deployment.accelerator_indices)
-    given = {k: v for k, v in (settings or {}).items() if k in SETTING_KEYS and k != "device"}
+    given = {k: v for k, v in (settings or {}).items() if k in vllm_args.SETTINGS and k != "device"}
     options = {k: v for k, v in {**deployment.settings, **given}.items() if v not in (None, "")}
     extra_args = deployment.extra_args if extra_args is None else extra_args
     extra_env = deployment.extra_env if extra_env is None else extra_env
@@ -503,7 +500,7 @@ def _check_move(*, deployment: Deployment, node: Node, indices: list[int], optio
         raise DomainError(f"The node {node.name} is offline: its agent has not reported for a while.")
     states = accelerator_states(excluding=deployment)
     device = _device_for(node, states)
-    for key in CPU_ONLY if device == "cuda" else GPU_ONLY:
+    for key in vllm_args.CPU_ONLY_SETTINGS if device == "cuda" else vllm_args.GPU_ONLY_SETTINGS:
         options.pop(key, None)
     if device == "cuda":
         if given.get("tensor_parallel_size") is None:

@@ -33,6 +33,18 @@ DEVICES = ("cpu", "cuda")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 # vLLM's own default for --max-lora-rank; used when a deployment starts with no adapter.
 VLLM_DEFAULT_MAX_LORA_RANK = 16
+
+# The server settings a deployment may carry (Deployment.settings, the API's
+# `settings`), each a field of ServerSpec; anything else given is ignored.
+SETTINGS = (
+    "dtype", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "max_loras", "max_lora_rank",
+    "max_cpu_loras", "enable_prefix_caching", "enforce_eager", "kv_cache_bytes", "cpu_threads", "device",
+)  # fmt: skip
+# Settings that mean nothing on the other kind of device: dropped when a deployment moves between them.
+GPU_ONLY_SETTINGS = ("gpu_memory_utilization", "tensor_parallel_size")
+CPU_ONLY_SETTINGS = ("cpu_threads",)
+# The defaults the console applies when a setting is left blank.
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default
 # The CPU build refuses to start with its default memory utilisation on small hosts
 # (VLLM_NOTES.md); an explicit KV cache size fixes that and skips the warm-up.
 DEFAULT_CPU_KV_CACHE_BYTES = 1 * GiB

@@ -81,7 +81,11 @@ class ResourcesForm(StyledForm):
         required=False, min_value=0.05, max_value=1.0, help_text="GPU nodes only."
     )
     kv_cache_gib = forms.FloatField(
-        required=False, min_value=0.25, initial=1, label="KV cache (GiB)", help_text="CPU nodes only."
+        required=False,
+        min_value=0.25,
+        initial=vllm_args.DEFAULT_CPU_KV_CACHE_BYTES / GiB,
+        label="KV cache (GiB)",
+        help_text="CPU nodes only.",
     )
     cpu_threads = forms.CharField(
         required=False, help_text="CPU nodes: cores to bind, e.g. 0-1; blank for vLLM's choice."
@@ -154,10 +158,13 @@ def settings_of(data: dict, device: str) -> dict:
         "enforce_eager": bool(server.get("enforce_eager")),
     }
     if device == "cpu":
-        options["kv_cache_bytes"] = int((resources.get("kv_cache_gib") or 1) * GiB)
+        kv_cache_gib = resources.get("kv_cache_gib")
+        options["kv_cache_bytes"] = int(kv_cache_gib * GiB) if kv_cache_gib else vllm_args.DEFAULT_CPU_KV_CACHE_BYTES
         options["cpu_threads"] = resources.get("cpu_threads") or None
     else:
-        options["gpu_memory_utilization"] = resources.get("gpu_memory_utilization") or 0.9
+        options["gpu_memory_utilization"] = (
+            resources.get("gpu_memory_utilization") or vllm_args.DEFAULT_GPU_MEMORY_UTILIZATION
+        )
         options["tensor_parallel_size"] = server.get("tensor_parallel_size") or max(
             1, len(resources.get("gpu_indices") or [])
         )

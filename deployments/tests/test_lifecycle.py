@@ -97,3 +97,12 @@ def test_a_hand_over_is_on_the_timeline_even_when_the_new_node_marked_it_restart
     services.deployment_release(deployment=stale, node=deployment.node, reason="Stopped the server on n; it moves.")
     assert list(DeploymentEvent.objects.values_list("message", flat=True)) == ["Stopped the server on n; it moves."]
     assert Deployment.objects.get(pk=deployment.pk).status == "restarting"
+
+
+def test_a_move_refuses_a_field_it_does_not_own(deployment):
+    deployment.status = Deployment.Status.STARTING
+    deployment.save()
+    with pytest.raises(TypeError, match="does not set desired"):
+        services.deployment_mark_failed(deployment=deployment, reason="x", desired="stopped")
+    deployment.refresh_from_db()
+    assert deployment.status == Deployment.Status.STARTING

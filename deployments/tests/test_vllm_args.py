@@ -17,10 +17,13 @@ from deployments.vllm_args import (
     BOOLEAN_FLAGS,
     CODE_FLAGS,
     CONTROL_FLAGS,
+    CPU_ONLY_SETTINGS,
     FIELD_FLAGS,
+    GPU_ONLY_SETTINGS,
     MANAGED_FLAGS,
     MULTI_VALUE_FLAGS,
     NOT_ABBREVIATIONS,
+    SETTINGS,
     AdapterSpec,
     ArgumentError,
     ServerSpec,
@@ -653,3 +656,9 @@ def test_the_flag_tables_match_vllms_parser(real_parser):
     # Refusing abbreviations must not refuse a real flag that merely starts a refused one.
     shadowed = {o for o in options for r in refused if r != o and r.startswith(o) and o[:2] == r[:2]}
     assert shadowed - refused == NOT_ABBREVIATIONS
+
+
+def test_every_deployment_setting_is_a_field_of_the_server_spec():
+    fields = {f.name for f in dataclasses.fields(ServerSpec)}
+    assert set(SETTINGS) <= fields
+    assert set(GPU_ONLY_SETTINGS + CPU_ONLY_SETTINGS) <= set(SETTINGS)
