@@ -203,6 +203,7 @@ def main() -> None:
         if args.profile:
             clock.wrap(Verifier, "update", "sha256")  # its own thread's CPU only: the sha256
             clock.wrap(checksums._Hashlib, "update", "manifest digest")
+            clock.wrap(checksums._MultipartETag, "update", "manifest digest")
             clock.wrap(Job, "write", "write")
         boto_runs: list[float] = []
         cache_runs: list[float] = []
