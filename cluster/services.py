@@ -304,11 +304,20 @@ def cache_lease(*, cached: CachedArtifact, holder: models.Model) -> CacheLease:
     return lease
 
 
-def cache_release(*, holder: models.Model, cached: CachedArtifact | None = None, node: Node | None = None) -> int:
-    """Ends the leases `holder` has: on `cached` only, or on `node`, or everywhere. Returns how many."""
+def cache_release(
+    *,
+    holder: models.Model,
+    cached: CachedArtifact | None = None,
+    artifact: Artifact | None = None,
+    node: Node | None = None,
+) -> int:
+    """Ends the leases `holder` has: on `cached` only, or on `artifact`'s copies, or on `node`, or
+    everywhere (the filters combine). Returns how many."""
     leases = CacheLease.objects.filter(holder_type=ContentType.objects.get_for_model(holder), holder_id=holder.pk)
     if cached is not None:
         leases = leases.filter(cached=cached)
+    if artifact is not None:
+        leases = leases.filter(cached__artifact=artifact)
     if node is not None:
         leases = leases.filter(cached__node=node)
     return leases.delete()[0]

@@ -330,10 +330,31 @@ def server_command(
 
 def adapter_attach(*, deployment: Deployment, adapter: Artifact, served_name: str = "") -> DeploymentAdapter:
     """Adds an adapter to a running deployment's desired set; the supervisor
-    fetches it and loads it into the live server, without a restart."""
+    fetches it and loads it into the live server, without a restart.
+
+    The checks and the insert run with the deployment's row locked, so two
+    attaches at once are judged one after the other: the second sees the first
+    (its slot, its served name) and is refused with a message, never a 500."""
+    _check_adapter(base=deployment.base, adapter=adapter, workspace=deployment.workspace)
+    name = _served_name(served_name or adapter.name)
+    with transaction.atomic():
+        deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+        _check_attach(deployment=deployment, adapter=adapter, name=name)
+        try:
+            with transaction.atomic():
+                attached = DeploymentAdapter.objects.create(deployment=deployment, adapter=adapter, served_name=name)
+        except IntegrityError:  # SQLite has no row locks: the unique constraints are the last word there
+            raise DomainError(f"{adapter.name} or the served name “{name}” was attached meanwhile.") from None
+        event_record(deployment=deployment, message=f"Attaching {adapter.name} as {attached.model_id}.")
+    changes.announce()
+    _nudge(deployment)
+    return attached
+
+
+def _check_attach(*, deployment: Deployment, adapter: Artifact, name: str) -> None:
+    """Raises DomainError when `adapter` cannot join `deployment` (read with its row locked) as `name`."""
     if deployment.desired != Deployment.Desired.RUNNING:
         raise DomainError("Start the deployment first; adapters attach to a running server.")
-    _check_adapter(base=deployment.base, adapter=adapter, workspace=deployment.workspace)
     max_rank = deployment.settings["max_lora_rank"]
     if (adapter.rank or 0) > max_rank:
         raise DomainError(
@@ -347,16 +368,10 @@ def adapter_attach(*, deployment: Deployment, adapter: Artifact, served_name: st
             f"This deployment holds {current} adapter(s), its limit (max LoRA slots {deployment.settings['max_loras']}"
             f"{', one kept free on CPU' if deployment.device == 'cpu' else ''}). Redeploy with more slots to add one."
         )
-    name = _served_name(served_name or adapter.name)
-    if name == deployment.name or deployment.adapters.filter(served_name=name).exists():
-        raise DomainError(f"The served name “{name}” is taken in this deployment; choose another.")
     if deployment.adapters.filter(adapter=adapter).exists():
         raise DomainError(f"{adapter.name} is already attached.")
-    attached = DeploymentAdapter.objects.create(deployment=deployment, adapter=adapter, served_name=name)
-    event_record(deployment=deployment, message=f"Attaching {adapter.name} as {attached.model_id}.")
-    changes.announce()
-    _nudge(deployment)
-    return attached
+    if name == deployment.name or deployment.adapters.filter(served_name=name).exists():
+        raise DomainError(f"The served name “{name}” is taken in this deployment; choose another.")
 
 
 def adapter_detach(*, attached: DeploymentAdapter) -> None:
@@ -374,8 +389,11 @@ def adapter_mark(*, attached: list[DeploymentAdapter], state: str, error: str = 
 
 
 def adapter_forget(*, attached: DeploymentAdapter) -> None:
-    """Forgets an adapter the supervisor has unloaded after a detach."""
-    event_record(deployment=attached.deployment, message=f"Detached {attached.model_id}.")
+    """Forgets an adapter the supervisor has unloaded after a detach, and lets go of its cached copy
+    (which the node may then evict, and the Cluster page no longer shows in use)."""
+    deployment = attached.deployment
+    event_record(deployment=deployment, message=f"Detached {attached.model_id}.")
+    cluster_services.cache_release(holder=deployment, artifact=attached.adapter, node=deployment.node)
     attached.delete()
 
 

@@ -1,0 +1,99 @@
+"""Attaching and detaching adapters on a live deployment: attaches at the same time are judged
+one after the other, so the loser gets a message, never a 500; a detached adapter lets go of the
+node's cached copy."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from cluster import selectors as cluster_selectors
+from cluster import services as cluster_services
+from cluster.models import CachedArtifact
+from conftest import DEMO_STORE
+from deployments import services
+from deployments.models import Deployment
+from registry.demo import DEMO_BASE, demo_register
+from tests.support.nodes import api_as, online_cpu_node
+
+pytestmark = [pytest.mark.demo, pytest.mark.django_db(transaction=True)]
+GiB = 1 << 30
+
+
+@pytest.fixture
+def demo(cast, tmp_path) -> dict:
+    online_cpu_node(tmp_path)
+    return {a.name: a for a in demo_register(workspace=cast.team, store=DEMO_STORE)}
+
+
+@pytest.fixture
+def live(cast, demo) -> Deployment:
+    """The demo with pirate attached and room for more (max_loras 4: three adapters on CPU)."""
+    return services.deployment_create(
+        workspace=cast.team, name="demo", base=demo[DEMO_BASE], adapters=[(demo["pirate"], "pirate")],
+        settings={"kv_cache_bytes": GiB, "max_loras": 4},
+    )  # fmt: skip
+
+
+def attach_at_once(users_and_bodies, pk: int) -> list:
+    """Sends every attach from its own thread (its own database connection), all released together."""
+    start = threading.Barrier(len(users_and_bodies))
+    responses: list = [None] * len(users_and_bodies)
+
+    def send(index: int, user, body: dict) -> None:
+        client = api_as(user)
+        start.wait()
+        responses[index] = client.post(f"/api/v1/deployments/{pk}/attach/", body, format="json")
+
+    threads = [threading.Thread(target=send, args=(i, *ub)) for i, ub in enumerate(users_and_bodies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return responses
+
+
+def test_the_same_adapter_attached_twice_at_once_is_attached_once(cast, demo, live):
+    robot = demo["robot"]
+    body = {"adapter": robot.pk}
+
+    responses = attach_at_once([(cast.member, body), (cast.admin, body), (cast.member, body)], live.pk)
+
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [202, 400, 400], [r.content for r in responses]
+    refusals = [r.json()["detail"] for r in responses if r.status_code == 400]
+    assert all("already attached" in d or "attached meanwhile" in d for d in refusals), refusals
+    assert live.adapters.filter(adapter=robot).count() == 1
+
+
+def test_two_adapters_under_one_served_name_at_once_get_it_once(cast, demo, live):
+    bodies = [{"adapter": demo["robot"].pk, "served_name": "helper"}, {"adapter": demo["json-answer"].pk, "served_name": "helper"}]  # fmt: skip
+
+    responses = attach_at_once([(cast.member, bodies[0]), (cast.admin, bodies[1])], live.pk)
+
+    assert sorted(r.status_code for r in responses) == [202, 400], [r.content for r in responses]
+    assert live.adapters.filter(served_name="helper").count() == 1
+
+
+def test_a_detached_adapter_is_no_longer_in_use_in_the_nodes_cache(cast, demo, live):
+    node = live.node
+    base = CachedArtifact.objects.create(node=node, artifact=live.base, revision="r", status="ready")
+    pirate = CachedArtifact.objects.create(node=node, artifact=demo["pirate"], revision="r", status="ready")
+    for cached in (base, pirate):
+        cluster_services.cache_lease(cached=cached, holder=live)
+    attached = live.adapters.get(served_name="pirate")
+    services.adapter_detach(attached=attached)
+
+    services.adapter_forget(attached=live.adapters.get(pk=attached.pk))  # what the supervisor does once unloaded
+
+    in_use = {c.artifact.name: c.leased for c in cluster_selectors.cached_visible_to(cast.member)}
+    assert in_use == {live.base.name: True, "pirate": False}
+
+
+def test_detach_on_the_deployment_page_asks_first(cast, live, client):
+    client.force_login(cast.member)
+
+    page = client.get(live.get_absolute_url()).content.decode()
+
+    assert 'data-confirm="Detach demo:pirate? The server unloads it at once' in page
