@@ -7,7 +7,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
 from django.http import Http404
 
-from accounts.models import Role
+from accounts.models import Role, Workspace
 from accounts.selectors import writable_workspaces_for
 from config.errors import DomainError
 
@@ -47,3 +47,14 @@ def workspace_for_write(user, workspace=None):
     if len(choices) > 1:
         raise DomainError("You belong to several workspaces; say which one (`workspace`: its slug).")
     return choices[0]
+
+
+def get_workspace_for(user, pk, *, manage: bool = False) -> Workspace:
+    """Returns workspace `pk` if `user` is a member of it (else 404); with
+    `manage` (its members, its name), only for its owners (else 403)."""
+    workspace = Workspace.objects.filter(pk=pk, memberships__user=user).first()
+    if workspace is None:
+        raise Http404
+    if manage and not workspace.memberships.filter(user=user, role=Role.OWNER).exists():
+        raise PermissionDenied("Only the workspace's owners may manage its members.")
+    return workspace

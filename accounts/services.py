@@ -31,12 +31,55 @@ def workspace_create(*, name: str, owner) -> Workspace:
     return workspace
 
 
-def membership_set(*, workspace: Workspace, user, role: str) -> Membership:
-    """Adds `user` to `workspace` with `role`, or changes the role they have."""
+def _check_role(role: str) -> None:
     if role not in Role.values:
         raise DomainError(f"Unknown role “{role}”; use one of {', '.join(Role.values)}.")
-    membership, _ = Membership.objects.update_or_create(workspace=workspace, user=user, defaults={"role": role})
+
+
+def _keep_an_owner(membership: Membership, *, doing: str) -> None:
+    """Raises DomainError (409) when `membership` is its workspace's last owner: a
+    workspace without one could never manage its members again."""
+    if membership.role != Role.OWNER:
+        return
+    # Locks the owners' rows (the caller holds a transaction), so two owners cannot demote each other at once.
+    owners = Membership.objects.select_for_update().filter(workspace=membership.workspace_id, role=Role.OWNER)
+    if list(owners.values_list("pk", flat=True)) == [membership.pk]:
+        raise DomainError(
+            f"{membership.user} is the last owner of {membership.workspace}; make someone else an owner "
+            f"before {doing}.",
+            status=409,
+        )
+
+
+def membership_set(*, workspace: Workspace, user, role: str) -> Membership:
+    """Adds `user` to `workspace` with `role`, or changes the role they have;
+    refuses to demote the workspace's last owner."""
+    _check_role(role)
+    with transaction.atomic():
+        current = Membership.objects.filter(workspace=workspace, user=user).first()
+        if current is not None and role != Role.OWNER:
+            _keep_an_owner(current, doing="demoting them")
+        membership, _ = Membership.objects.update_or_create(workspace=workspace, user=user, defaults={"role": role})
     return membership
+
+
+def membership_add(*, workspace: Workspace, username: str, role: str) -> Membership:
+    """Adds the user named `username` to `workspace` with `role`; refused when
+    there is no such user or they are a member already."""
+    _check_role(role)
+    user = get_user_model().objects.filter(username=username.strip(), is_active=True).first()
+    if user is None:
+        raise DomainError(f"There is no active user named “{username}”. Check the spelling, or ask an administrator.")
+    if Membership.objects.filter(workspace=workspace, user=user).exists():
+        raise DomainError(f"{user} is a member of {workspace} already; change their role instead.", status=409)
+    return Membership.objects.create(workspace=workspace, user=user, role=role)
+
+
+def membership_remove(*, membership: Membership) -> None:
+    """Removes a member from their workspace; refuses to remove its last owner."""
+    with transaction.atomic():
+        _keep_an_owner(membership, doing="removing them")
+        membership.delete()
 
 
 def api_token_create(*, user, name: str) -> tuple[ApiToken, str]:

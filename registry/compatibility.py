@@ -96,7 +96,9 @@ def check_fit(
             )
     wanted = str(adapter_config.get("base_model_name_or_path") or "")
     if wanted and not _names_same_model(wanted, base_name, base_config):
-        warnings.append(f"The adapter was trained on “{wanted}”, a different name from {base_name}; the shapes fit.")
+        # "The shapes fit" only when nothing refused the pair: beside reasons it would read as a contradiction.
+        fit = "; the shapes fit." if not reasons else "."
+        warnings.append(f"The adapter was trained on “{wanted}”, a different name from {base_name}{fit}")
     return Verdict(compatible=not reasons, reasons=reasons, warnings=warnings)
 
 

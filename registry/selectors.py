@@ -19,14 +19,19 @@ def artifacts_for(user, *, kind: str = "", status: str = "", source: str = "", s
     if source:
         qs = qs.filter(connection__kind=source)
     if search:
-        qs = qs.filter(
-            Q(name__icontains=search)
-            | Q(description__icontains=search)
-            | Q(location__icontains=search)
-            | Q(architecture__icontains=search)
-            | Q(tags__icontains=search)
-        )
+        qs = artifacts_matching(qs, search)
     return qs.order_by("name")
+
+
+def artifacts_matching(qs: QuerySet[Artifact], text: str) -> QuerySet[Artifact]:
+    """The artifacts of `qs` with `text` in their name, description, location, architecture or tags."""
+    return qs.filter(
+        Q(name__icontains=text)
+        | Q(description__icontains=text)
+        | Q(location__icontains=text)
+        | Q(architecture__icontains=text)
+        | Q(tags__icontains=text)
+    )
 
 
 def compatibility_for(artifact: Artifact) -> QuerySet[Compatibility]:

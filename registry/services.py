@@ -26,7 +26,7 @@ from registry.models import (
     tensors_from_json,
     tensors_to_json,
 )
-from registry.sources import SourceError, check_connection, open_source
+from registry.sources import SourceError, check_connection, location_problem, open_source
 from registry.sources.local import confined_root
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,7 @@ def artifact_register(
         raise DomainError(f"Unknown kind “{kind}”; use “base” or “adapter”.")
     if connection.workspace_id != workspace.pk:
         raise DomainError("That connection belongs to another workspace.")
-    if not location.strip():
-        raise DomainError("Say where the artifact is: a bucket prefix, a repository id or a folder.")
+    _check_location(connection, location)
     artifact = Artifact(
         workspace=workspace,
         name=name.strip(),
@@ -171,6 +170,8 @@ def artifact_update(*, artifact: Artifact, **fields) -> Artifact:
             value = _clean_tags(value)
         elif isinstance(value, str):
             value = value.strip()
+        if key == "location":
+            _check_location(artifact.connection, value)
         if key in ("location", "revision") and value != getattr(artifact, key):
             reinspect = True
         setattr(artifact, key, value)
@@ -206,6 +207,14 @@ def artifact_delete(*, artifact: Artifact) -> None:
             f"{artifact.name} is in use ({', '.join(holders)}); stop what uses it before deleting it.", status=409
         )
     artifact.delete()
+
+
+def _check_location(connection: Connection, location: str) -> None:
+    """Raises DomainError when `location` cannot name an artifact behind `connection`."""
+    if not location.strip():
+        raise DomainError("Say where the artifact is: a bucket prefix, a repository id or a folder.")
+    if problem := location_problem(connection, location):
+        raise DomainError(problem)
 
 
 def _clean_tags(tags) -> list[str]:

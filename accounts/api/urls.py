@@ -6,6 +6,7 @@ from accounts.api import views
 
 router = DefaultRouter(trailing_slash=True)
 router.register("workspaces", views.WorkspaceViewSet, basename="workspace")
+router.register(r"workspaces/(?P<workspace_pk>[0-9]+)/members", views.MembershipViewSet, basename="membership")
 router.register("tokens", views.ApiTokenViewSet, basename="token")
 
 urlpatterns = router.urls

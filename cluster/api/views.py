@@ -7,6 +7,7 @@ from rest_framework.response import Response
 
 from accounts.access import get_for
 from cluster import selectors, services
+from cluster.api.filters import CachedArtifactFilter
 from cluster.api.serializers import (
     AcceleratorSerializer,
     CachedArtifactSerializer,
@@ -14,7 +15,7 @@ from cluster.api.serializers import (
     NodeSerializer,
 )
 from cluster.models import Accelerator, CachedArtifact, Node
-from config.api import filter_by_query, validated
+from config.api import validated
 from registry.models import Artifact
 
 
@@ -35,12 +36,12 @@ class CacheViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     `status` is ready, failed or cancelled."""
 
     serializer_class = CachedArtifactSerializer
+    filterset_class = CachedArtifactFilter
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation has no user
             return CachedArtifact.objects.none()
-        cached = selectors.cached_visible_to(self.request.user)
-        return filter_by_query(cached, self.request, node="node__name", artifact="artifact_id")
+        return selectors.cached_visible_to(self.request.user)
 
     def _writable(self) -> CachedArtifact:
         return get_for(self.request.user, CachedArtifact.objects.select_related("node", "artifact"), self.kwargs["pk"],

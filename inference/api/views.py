@@ -9,8 +9,9 @@ from rest_framework.response import Response
 
 from accounts.access import get_for, workspace_for_write
 from accounts.models import Role
-from config.api import filter_by_query, validated
+from config.api import validated
 from inference import selectors, services
+from inference.api.filters import UsageRecordFilter
 from inference.api.serializers import (
     InferenceKeyCreatedSerializer,
     InferenceKeyCreateSerializer,
@@ -68,14 +69,14 @@ class UsageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     adapter or key over the last hour, day or week."""
 
     serializer_class = UsageRecordSerializer
+    filterset_class = UsageRecordFilter
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return UsageRecord.objects.none()
-        records = UsageRecord.objects.filter(workspace__memberships__user=self.request.user).select_related(
+        return UsageRecord.objects.filter(workspace__memberships__user=self.request.user).select_related(
             "key", "user", "deployment"
         )
-        return filter_by_query(records, self.request, workspace="workspace__slug")
 
     @extend_schema(
         parameters=[
@@ -95,5 +96,8 @@ class UsageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
             raise ValidationError({"period": f"Use one of {', '.join(selectors.PERIODS)}."})
         if by not in selectors.GROUPS:
             raise ValidationError({"by": f"Use one of {', '.join(selectors.GROUPS)}."})
-        summary = selectors.usage_summary(records=self.get_queryset(), period=period, by=by)
+        records = self.get_queryset()
+        if workspace := request.query_params.get("workspace"):
+            records = records.filter(workspace__slug=workspace)
+        summary = selectors.usage_summary(records=records, period=period, by=by)
         return Response(UsageSummarySerializer(summary).data)

@@ -5,6 +5,21 @@ from rest_framework import serializers
 from accounts.models import Workspace
 from registry.models import Artifact, ArtifactFile, ArtifactKind, Compatibility, Connection, ConnectionKind
 
+LOCATION_HELP = (
+    "Where the artifact is, through its connection. S3: a key prefix in the connection's bucket; every "
+    "object under `<prefix>/` is one of its files (slashes around it are ignored). Hugging Face hub: a "
+    "repository id, `name` or `owner/name` (letters, digits, `-`, `_`, `.`; no `--` or `..`), its branch, "
+    "tag or commit going in `revision`. Local path: a folder under the connection's `root_path`, relative "
+    "to it; it may not lead outside."
+)
+REVISION_HELP = (
+    "Hugging Face hub only: a branch, tag or commit (blank: the default branch). S3 and local paths ignore it."
+)
+CA_BUNDLE_HELP = (
+    "PEM text (`-----BEGIN CERTIFICATE-----` …), not a file path: the certificates of the private CA that "
+    "signed the store's TLS certificate. Used while `verify_tls` is true."
+)
+
 
 class ConnectionSerializer(serializers.ModelSerializer):
     """What anyone may see of a connection: never its secrets, only whether they are set."""
@@ -20,6 +35,20 @@ class ConnectionSerializer(serializers.ModelSerializer):
             "last_check_ok", "last_check_message",
         ]  # fmt: skip
         read_only_fields = fields
+        extra_kwargs = {"ca_bundle": {"help_text": CA_BUNDLE_HELP}}
+
+
+class ConnectionTestSerializer(ConnectionSerializer):
+    """The connection after a test, with the test's outcome on top."""
+
+    ok = serializers.BooleanField(read_only=True, help_text="Whether the test passed. A failed test still answers 200.")
+    message = serializers.CharField(
+        read_only=True, help_text="What was checked (when it passed) or exactly what failed, in words to act on."
+    )
+
+    class Meta(ConnectionSerializer.Meta):
+        fields = ["ok", "message", *ConnectionSerializer.Meta.fields]
+        read_only_fields = fields
 
 
 class ConnectionWriteSerializer(serializers.Serializer):
@@ -29,10 +58,17 @@ class ConnectionWriteSerializer(serializers.Serializer):
     endpoint_url = serializers.URLField(required=False, allow_blank=True, default="")
     region = serializers.CharField(required=False, allow_blank=True, default="")
     bucket = serializers.CharField(required=False, allow_blank=True, default="")
-    addressing_style = serializers.ChoiceField(choices=["path", "virtual"], required=False, default="path")
+    addressing_style = serializers.ChoiceField(
+        choices=Connection._meta.get_field("addressing_style").choices, required=False, default="path"
+    )
     verify_tls = serializers.BooleanField(required=False, default=True)
-    ca_bundle = serializers.CharField(required=False, allow_blank=True, default="")
-    root_path = serializers.CharField(required=False, allow_blank=True, default="")
+    ca_bundle = serializers.CharField(required=False, allow_blank=True, default="", help_text=CA_BUNDLE_HELP)
+    root_path = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="Local path only: a folder on the console's hosts, under a root an administrator allows.",
+    )
     # Write-only: accepted, encrypted, never answered.
     access_key_id = serializers.CharField(required=False, allow_blank=True, write_only=True)
     secret_access_key = serializers.CharField(required=False, allow_blank=True, write_only=True)
@@ -69,6 +105,7 @@ class ArtifactSerializer(serializers.ModelSerializer):
             "base_model_name_or_path",
         ]  # fmt: skip
         read_only_fields = fields
+        extra_kwargs = {"location": {"help_text": LOCATION_HELP}, "revision": {"help_text": REVISION_HELP}}
 
 
 class ArtifactDetailSerializer(ArtifactSerializer):
@@ -83,9 +120,12 @@ class ArtifactDetailSerializer(ArtifactSerializer):
 class ArtifactWriteSerializer(serializers.Serializer):
     workspace = serializers.SlugRelatedField(slug_field="slug", queryset=Workspace.objects.all(), required=False)
     name = serializers.CharField(max_length=100)
-    connection = serializers.PrimaryKeyRelatedField(queryset=Connection.objects.all())
-    location = serializers.CharField(max_length=500)
-    revision = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    # An id, not a related field: an unknown id and another workspace's must both answer 404.
+    connection = serializers.IntegerField(help_text="The id of a connection in the same workspace.")
+    location = serializers.CharField(max_length=500, help_text=LOCATION_HELP)
+    revision = serializers.CharField(
+        max_length=200, required=False, allow_blank=True, default="", help_text=REVISION_HELP
+    )
     description = serializers.CharField(required=False, allow_blank=True, default="")
     tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False, default=list)
     license = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
@@ -93,8 +133,10 @@ class ArtifactWriteSerializer(serializers.Serializer):
 
 class ArtifactUpdateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100, required=False)
-    location = serializers.CharField(max_length=500, required=False)
-    revision = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    location = serializers.CharField(
+        max_length=500, required=False, help_text=LOCATION_HELP + " Changing it, or `revision`, inspects again."
+    )
+    revision = serializers.CharField(max_length=200, required=False, allow_blank=True, help_text=REVISION_HELP)
     description = serializers.CharField(required=False, allow_blank=True)
     tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False)
     license = serializers.CharField(max_length=100, required=False, allow_blank=True)

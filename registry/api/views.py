@@ -1,13 +1,14 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from accounts.access import get_for, workspace_for_write
-from config.api import filter_by_query, validated
+from config.api import validated
 from registry import selectors, services
+from registry.api.filters import ArtifactFilter, CompatibilityFilter, ConnectionFilter
 from registry.api.serializers import (
     KIND_OF_ENDPOINT,
     ArtifactDetailSerializer,
@@ -16,6 +17,7 @@ from registry.api.serializers import (
     ArtifactWriteSerializer,
     CompatibilitySerializer,
     ConnectionSerializer,
+    ConnectionTestSerializer,
     ConnectionWriteSerializer,
 )
 from registry.models import Artifact, Compatibility, Connection
@@ -25,6 +27,7 @@ class ConnectionViewSet(viewsets.ModelViewSet):
     """Storage connections. Secrets are write-only: responses say only whether they are set."""
 
     serializer_class = ConnectionSerializer
+    filterset_class = ConnectionFilter
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_queryset(self):
@@ -55,13 +58,15 @@ class ConnectionViewSet(viewsets.ModelViewSet):
         services.connection_delete(connection=self.get_object(write=True))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(request=None, responses=ConnectionSerializer)
+    @extend_schema(request=None, responses=ConnectionTestSerializer)
     @action(detail=True, methods=["post"])
     def test(self, request, pk=None):
-        """Tries the connection now; the answer says exactly what failed, if anything."""
+        """Tries the connection now. The test having run, the answer is 200 whether it passed or not:
+        `ok` says which, `message` what was checked or exactly what failed. Both are kept on the
+        connection as `last_check_ok` and `last_check_message`."""
         connection = self.get_object(write=True)
-        services.connection_test(connection=connection)
-        return Response(ConnectionSerializer(connection).data)
+        ok, message = services.connection_test(connection=connection)
+        return Response({"ok": ok, "message": message, **ConnectionSerializer(connection).data})
 
 
 class ArtifactViewSet(viewsets.GenericViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin):
@@ -69,6 +74,7 @@ class ArtifactViewSet(viewsets.GenericViewSet, mixins.ListModelMixin, mixins.Ret
     answers 202: poll the object until `status` is ready or invalid."""
 
     endpoint = "models"
+    filterset_class = ArtifactFilter
 
     def get_serializer_class(self):
         return ArtifactDetailSerializer if self.action == "retrieve" else ArtifactSerializer
@@ -80,27 +86,10 @@ class ArtifactViewSet(viewsets.GenericViewSet, mixins.ListModelMixin, mixins.Ret
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Artifact.objects.none()
-        params = self.request.query_params
-        return selectors.artifacts_for(
-            self.request.user,
-            kind=self.kind,
-            status=params.get("status", ""),
-            source=params.get("source", ""),
-            search=params.get("search", ""),
-        ).prefetch_related("files")
+        return selectors.artifacts_for(self.request.user, kind=self.kind).prefetch_related("files")
 
     def get_object(self, *, write: bool = False) -> Artifact:
         return get_for(self.request.user, Artifact.objects.filter(kind=self.kind), self.kwargs["pk"], write=write)
-
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("status", str, enum=["pending", "inspecting", "ready", "invalid"]),
-            OpenApiParameter("source", str, enum=["s3", "hf", "local"]),
-            OpenApiParameter("search", str),
-        ]
-    )
-    def list(self, request, *args, **kwargs):
-        return super().list(request, *args, **kwargs)
 
     def retrieve(self, request, pk=None):
         return Response(ArtifactDetailSerializer(self.get_object()).data)
@@ -109,7 +98,8 @@ class ArtifactViewSet(viewsets.GenericViewSet, mixins.ListModelMixin, mixins.Ret
     def create(self, request):
         data = dict(validated(ArtifactWriteSerializer, request).validated_data)
         workspace = workspace_for_write(request.user, data.pop("workspace", None))
-        connection = get_for(request.user, Connection.objects.all(), data.pop("connection").pk)
+        # A connection of another workspace is 404, the same answer as an id that does not exist.
+        connection = get_for(request.user, Connection.objects.filter(workspace=workspace), data.pop("connection"))
         artifact = services.artifact_register(
             workspace=workspace, kind=self.kind, connection=connection, user=request.user, **data
         )
@@ -122,6 +112,7 @@ class ArtifactViewSet(viewsets.GenericViewSet, mixins.ListModelMixin, mixins.Ret
         artifact = services.artifact_update(artifact=artifact, **data)
         return Response(ArtifactSerializer(artifact).data)
 
+    @extend_schema(responses={204: None, 409: OpenApiResponse(description="A deployment or a node's cache uses it.")})
     def destroy(self, request, pk=None):
         services.artifact_delete(artifact=self.get_object(write=True))
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -152,13 +143,9 @@ class CompatibilityViewSet(viewsets.ReadOnlyModelViewSet):
     """Every adapter × base model verdict in the caller's workspaces."""
 
     serializer_class = CompatibilitySerializer
+    filterset_class = CompatibilityFilter
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Compatibility.objects.none()
-        verdicts = selectors.compatibility_visible_to(self.request.user)
-        return filter_by_query(verdicts, self.request, adapter="adapter_id", base="base_id")
-
-    @extend_schema(parameters=[OpenApiParameter("adapter", int), OpenApiParameter("base", int)])
-    def list(self, request, *args, **kwargs):
-        return super().list(request, *args, **kwargs)
+        return selectors.compatibility_visible_to(self.request.user)

@@ -7,7 +7,15 @@ from registry.models import ConnectionKind
 from registry.sources import hf, local, s3
 from registry.sources.base import RemoteFile, Source, SourceError, is_safe_relative_path
 
-__all__ = ["RemoteFile", "Source", "SourceError", "check_connection", "is_safe_relative_path", "open_source"]
+__all__ = [
+    "RemoteFile",
+    "Source",
+    "SourceError",
+    "check_connection",
+    "is_safe_relative_path",
+    "location_problem",
+    "open_source",
+]
 
 
 def open_source(connection, *, location: str, revision: str = "") -> Source:
@@ -17,6 +25,15 @@ def open_source(connection, *, location: str, revision: str = "") -> Source:
     if connection.kind == ConnectionKind.HF:
         return hf.HubSource(connection, repo_id=location, revision=revision)
     return local.LocalSource(connection, subpath=location)
+
+
+def location_problem(connection, location: str) -> str | None:
+    """Returns why `location` cannot name an artifact behind `connection` (what
+    rule it breaks), or None. Only the hub has rules a location can break before
+    anything is read: a repository id's."""
+    if connection.kind == ConnectionKind.HF:
+        return hf.repo_id_problem(location)
+    return None
 
 
 def check_connection(connection) -> str:

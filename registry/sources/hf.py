@@ -10,11 +10,12 @@ from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
+    HFValidationError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import build_hf_headers, get_session
+from huggingface_hub.utils import build_hf_headers, get_session, validate_repo_id
 
 from config.vault import unseal
 from registry.sources.base import CHUNK, RemoteFile, Source, SourceError
@@ -24,6 +25,38 @@ PUBLIC_HUB = "https://huggingface.co"
 
 def endpoint_of(connection) -> str:
     return (connection.endpoint_url or PUBLIC_HUB).rstrip("/")
+
+
+def repo_id_of(location: str) -> str:
+    """The repository id a location names: the hub reads `org/name`, without surrounding slashes."""
+    return location.strip().strip("/")
+
+
+def repo_id_problem(location: str) -> str | None:
+    """Returns which of the hub's rules for repository ids `location` breaks, in
+    plain words, or None when it is a valid id. The rules are huggingface_hub's
+    own (`validate_repo_id`); its messages speak to programmers, these to users."""
+    repo_id = repo_id_of(location)
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        pass
+    else:
+        return None
+    said = f"“{repo_id}” is not a repository id"
+    if "--" in repo_id or ".." in repo_id:
+        return f"{said}: it may not contain “--” or “..”."
+    if repo_id.count("/") > 1:
+        return (
+            f"{said}: it has more than one “/”. Write “name” or “owner/name”; "
+            "put a branch, tag or commit in the revision field, not in the location."
+        )
+    if repo_id.endswith(".git"):
+        return f"{said}: it may not end in “.git”. Leave the suffix out."
+    return (
+        f"{said}: use only letters, digits, “-”, “_” and “.”, not starting or ending with “-” or “.”, "
+        "at most 96 characters on each side of the “/”."
+    )
 
 
 def describe_error(exc: Exception, connection, *, repo_id: str = "", revision: str = "") -> SourceError:
@@ -94,7 +127,7 @@ class HubSource(Source):
     def __init__(self, connection, *, repo_id: str, revision: str = "") -> None:
         super().__init__()
         self.connection = connection
-        self.repo_id = repo_id.strip().strip("/")
+        self.repo_id = repo_id_of(repo_id)
         self.revision = revision.strip() or None
         self.api, self.token = _api(connection)
         self.commit = ""

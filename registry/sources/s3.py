@@ -117,16 +117,50 @@ def describe_error(exc: Exception, connection, *, key: str = "") -> SourceError:
     return SourceError(str(exc))
 
 
+# Answers to a listing that mean "this store does not do ListObjectsV2", not "you may not".
+UNSUPPORTED = {"NotImplemented", "InvalidArgument", "MethodNotAllowed", "NotSupported", "InvalidRequest"}
+
+
 def check(connection) -> str:
+    """Returns what was checked, or raises SourceError saying what failed.
+    HeadBucket is the one request every S3 implementation answers; its answers
+    have no body, so a 403 cannot say whether the key, the secret or a
+    permission is wrong. Only then a one-key listing is asked, to name which;
+    a store that does not know ListObjectsV2 keeps HeadBucket's answer."""
     if not connection.bucket:
         raise SourceError("Name the bucket this connection reads from.")
     client = client_for(connection)
+    where = connection.endpoint_url or "AWS S3"
     try:
-        # A listing (not HEAD, whose answers have no body) tells a bad key from a bad secret from a missing permission.
-        client.list_objects_v2(Bucket=connection.bucket, MaxKeys=1)
+        client.head_bucket(Bucket=connection.bucket)
+    except ClientError as exc:
+        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 403:
+            raise describe_error(exc, connection) from None
+        return _list_after_forbidden(client, connection)
     except Exception as exc:  # boto3 raises many kinds; describe_error sorts them out
         raise describe_error(exc, connection) from None
-    return f"Connected to {connection.endpoint_url or 'AWS S3'} and listed bucket “{connection.bucket}”."
+    return (
+        f"Connected to {where}: the bucket “{connection.bucket}” exists and these credentials may use it (HeadBucket)."
+    )
+
+
+def _list_after_forbidden(client, connection) -> str:
+    """After HeadBucket answered 403: returns what was checked if a one-key listing
+    works, or raises SourceError with the most precise reason the listing gives."""
+    where = connection.endpoint_url or "AWS S3"
+    try:
+        client.list_objects_v2(Bucket=connection.bucket, MaxKeys=1)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code", "") not in UNSUPPORTED:
+            raise describe_error(exc, connection) from None
+    except Exception:
+        pass  # the listing could not tell; HeadBucket's answer stands
+    else:
+        return f"Connected to {where}: HeadBucket was refused, but these credentials may list “{connection.bucket}”."
+    raise SourceError(
+        f"{where} refused access to the bucket “{connection.bucket}” (HeadBucket answered 403): the access key "
+        "or secret is wrong, or the credentials lack permission (s3:ListBucket)."
+    )
 
 
 class S3Source(Source):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
+from accounts.services import membership_set
 from registry.tests.helpers import register_and_inspect, s3_connection
 from tests.support import artifacts as build
 from tests.support.agents import wait_for
@@ -70,6 +71,24 @@ def test_another_workspaces_ids_answer_404(cast, catalogue):
         "/api/v1/models/", {"name": "x", "connection": store.pk, "location": "tiny"}, format="json"
     )
     assert response.status_code == 404
+
+
+def test_another_workspaces_connection_answers_404_like_an_id_that_does_not_exist(cast, catalogue):
+    _store, *_, theirs, _ = catalogue
+    membership_set(workspace=cast.other, user=cast.member, role="editor")  # sees both workspaces
+    api = api_as(cast.member)
+
+    def register(connection_id: int):
+        body = {"workspace": cast.team.slug, "name": "x", "connection": connection_id, "location": "tiny"}
+        return api.post("/api/v1/models/", body, format="json")
+
+    through_theirs, through_nothing = register(theirs.pk), register(999_999)
+    outsiders = api_as(cast.outsider).post(
+        "/api/v1/models/", {"name": "x", "connection": catalogue[0].pk, "location": "tiny"}, format="json"
+    )
+
+    assert through_theirs.status_code == through_nothing.status_code == outsiders.status_code == 404
+    assert through_theirs.json() == through_nothing.json() == outsiders.json() == {"detail": "Not found."}
 
 
 def test_a_viewer_may_read_but_not_write(cast, catalogue):
@@ -138,3 +157,67 @@ def test_the_schema_and_swagger_ui_are_served_locally(cast):
     docs = api.get("/api/v1/docs/")
     assert docs.status_code == 200
     assert b"cdn" not in docs.content.lower() and b"swagger-ui" in docs.content
+
+
+def test_lists_filter_by_name_workspace_connection_status_and_kind(cast, catalogue, s3_server):
+    *_, lora, _theirs, _ = catalogue
+    membership_set(workspace=cast.other, user=cast.member, role="viewer")
+    other_store = s3_connection(cast.team, s3_server, name="second")
+    register_and_inspect(cast.team, other_store, name="broken", kind="base", location="nothing-here")
+    api = api_as(cast.member)
+
+    def names(path: str, **query) -> list[str]:
+        response = api.get(path, query)
+        assert response.status_code == 200, response.json()
+        return [row.get("name") or row.get("base_name") for row in response.json()["results"]]
+
+    assert names("/api/v1/models/") == ["broken", "theirs", "tiny"]
+    assert names("/api/v1/models/", name="TINY") == ["tiny"]
+    assert names("/api/v1/models/", workspace=cast.other.slug) == ["theirs"]
+    assert names("/api/v1/models/", connection=other_store.pk) == ["broken"]
+    assert names("/api/v1/models/", status="invalid") == ["broken"]
+    assert names("/api/v1/models/", status="ready", workspace=cast.team.slug) == ["tiny"]
+    assert names("/api/v1/models/", source="hf") == []
+    assert names("/api/v1/models/", search="nothing-h", page=1) == ["broken"]
+    assert names("/api/v1/connections/", workspace=cast.team.slug) == ["second", "store"]
+    assert names("/api/v1/connections/", kind="s3", name="theirs") == ["theirs"]
+    assert names("/api/v1/connections/", kind="local") == []
+    assert names("/api/v1/compatibility/", adapter=lora.pk, compatible="true") == ["tiny"]
+    assert names("/api/v1/models/", format="json") == ["broken", "theirs", "tiny"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/models/", "/api/v1/adapters/", "/api/v1/connections/",
+                                  "/api/v1/compatibility/"])  # fmt: skip
+def test_an_unknown_query_parameter_is_a_400_naming_it(cast, path):
+    response = api_as(cast.member).get(path, {"stauts": "ready"})
+
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("Unknown query parameter “stauts”; this list takes ")
+    assert "page" in response.json()["detail"]
+
+
+def test_a_filter_value_outside_its_choices_is_a_400_naming_the_filter(cast):
+    response = api_as(cast.member).get("/api/v1/models/", {"status": "done"})
+
+    assert response.status_code == 400
+    assert "status" in response.json()["errors"]
+
+
+def test_the_schema_documents_the_error_shape_each_4xx_location_and_the_ca_bundle(cast):
+    schema = api_as(cast.member).get("/api/v1/schema/", {"format": "json"}).json()
+    paths, components = schema["paths"], schema["components"]["schemas"]
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+    assert components["Error"]["required"] == ["detail"] and "errors" in components["Error"]["properties"]
+    register = paths["/api/v1/models/"]["post"]["responses"]
+    assert {"400", "401", "403", "404"} <= set(register) and register["404"]["content"] == error
+    assert set(paths["/api/v1/models/"]["get"]["responses"]) == {"200", "400", "401"}
+    assert paths["/api/v1/models/{id}/"]["delete"]["responses"]["409"]["content"] == error
+    member = paths["/api/v1/workspaces/{workspace_pk}/members/{user_id}/"]
+    assert {"403", "404", "409"} <= set(member["delete"]["responses"]) and "409" in member["patch"]["responses"]
+    location = components["ArtifactWrite"]["properties"]["location"]["description"]
+    assert "S3: a key prefix in the connection's bucket" in location
+    assert "Hugging Face hub: a repository id" in location and "`revision`" in location
+    assert "Local path: a folder under the connection's `root_path`" in location
+    assert components["ConnectionWrite"]["properties"]["ca_bundle"]["description"].startswith("PEM text")
+    assert "`ok` says which" in paths["/api/v1/connections/{id}/test/"]["post"]["description"]

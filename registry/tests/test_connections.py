@@ -23,7 +23,9 @@ def test_a_working_s3_connection_says_what_it_reached(cast, s3_server):
     ok, message = services.connection_test(connection=s3_connection(cast.team, s3_server))
 
     assert ok, message
-    assert message == f"Connected to {s3_server.url} and listed bucket “models”."
+    assert message == (
+        f"Connected to {s3_server.url}: the bucket “models” exists and these credentials may use it (HeadBucket)."
+    )
 
 
 def test_a_missing_bucket_is_named(cast, s3_server):
@@ -74,7 +76,7 @@ def strict_s3():
 @pytest.mark.parametrize(
     ("who", "message"),
     [
-        ("reader", "Connected to {url} and listed bucket “private-models”."),
+        ("reader", "Connected to {url}: the bucket “private-models” exists and these credentials may use it"),
         ("bad-secret", "{url} refused the credentials: the secret key does not match the access key."),
         ("unknown-key", "{url} does not know this access key. Check the access key id."),
         ("stranger", "Access denied to s3://private-models/: the credentials are valid but lack permission"),
@@ -160,3 +162,77 @@ def test_no_secret_appears_in_any_api_response_page_or_log_line(cast, s3_server,
         assert not any(secret.encode() in body for body in bodies), f"{secret} leaked in a response"
         assert secret not in caplog.text, f"{secret} leaked in the log"
     assert caplog.records, "the log was not captured at all"
+
+
+@pytest.fixture
+def old_store(s3_server):
+    """An older S3-compatible store: it answers HeadBucket but not ListObjectsV2."""
+    from tests.support.old_s3 import OldS3Store
+
+    store = OldS3Store(s3_server.url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def strict_old_store(strict_s3):
+    from tests.support.old_s3 import OldS3Store
+
+    store = OldS3Store(strict_s3.url)
+    yield store
+    store.close()
+
+
+def test_a_store_without_list_objects_v2_passes_the_test(cast, s3_server, old_store):
+    s3_server.put_files("models", "", {})
+    connection = s3_connection(cast.team, s3_server)
+    connection.endpoint_url = old_store.url
+    ok, message = services.connection_test(connection=connection)
+
+    assert ok, message
+    assert message == (
+        f"Connected to {old_store.url}: the bucket “models” exists and these credentials may use it (HeadBucket)."
+    )
+    assert old_store.listings_refused == 0
+
+
+def test_on_such_a_store_a_missing_bucket_is_still_named(cast, s3_server, old_store):
+    connection = s3_connection(cast.team, s3_server, bucket="nope")
+    connection.endpoint_url = old_store.url
+    ok, message = services.connection_test(connection=connection)
+
+    assert not ok
+    assert message == f"The bucket “nope” does not exist at {old_store.url}. Check the bucket name."
+
+
+def test_on_such_a_store_refused_credentials_keep_headbuckets_answer(cast, strict_old_store, strict_s3):
+    connection = services.connection_create(
+        workspace=cast.team, name="stranger", kind="s3", endpoint_url=strict_old_store.url, bucket="private-models",
+        secrets={"access_key_id": strict_s3.stranger[0], "secret_access_key": strict_s3.stranger[1]},
+    )  # fmt: skip
+    ok, message = services.connection_test(connection=connection)
+
+    assert not ok
+    assert message == (
+        f"{strict_old_store.url} refused access to the bucket “private-models” (HeadBucket answered 403): "
+        "the access key or secret is wrong, or the credentials lack permission (s3:ListBucket)."
+    )
+    assert strict_old_store.listings_refused == 1
+
+
+def test_through_the_api_a_failed_test_says_ok_false_and_why(cast, s3_server):
+    api = APIClient()
+    api.force_authenticate(cast.member)
+    s3_server.put_files("models", "", {})
+    works = s3_connection(cast.team, s3_server)
+    missing = s3_connection(cast.team, s3_server, bucket="nope", name="missing")
+
+    passed = api.post(f"/api/v1/connections/{works.pk}/test/")
+    failed = api.post(f"/api/v1/connections/{missing.pk}/test/")
+
+    assert passed.status_code == 200 and passed.json()["ok"] is True
+    assert "(HeadBucket)" in passed.json()["message"]
+    assert failed.status_code == 200
+    assert failed.json()["ok"] is False and failed.json()["last_check_ok"] is False
+    assert failed.json()["message"] == f"The bucket “nope” does not exist at {s3_server.url}. Check the bucket name."
+    assert failed.json()["last_check_message"] == failed.json()["message"]

@@ -95,6 +95,28 @@ def test_another_base_name_is_a_warning_not_a_verdict():
     ]
 
 
+@pytest.mark.parametrize(
+    ("why", "adapter", "tensors"),
+    [
+        ("shapes", build.adapter_config(base="someone/else-1B", targets=["k_proj"]),
+         build.lora_tensors(targets=("k_proj",), kv_heads=4)),
+        ("runtime", build.adapter_config(base="someone/else-1B", use_dora=True), build.lora_tensors()),
+    ],
+)  # fmt: skip
+def test_an_incompatible_verdict_never_says_the_shapes_fit(why, adapter, tensors):
+    base = build.llama_config()
+    verdict = check_fit(
+        adapter_config=adapter,
+        adapter_tensors=_tensors(tensors),
+        base_name="tiny",
+        base_config=base,
+        base_tensors=_tensors(build.llama_tensors(base)),
+    )
+
+    assert not verdict.compatible, why
+    assert verdict.warnings == ["The adapter was trained on “someone/else-1B”, a different name from tiny."]
+
+
 def test_kv_projections_are_checked_against_grouped_query_shapes():
     base = build.llama_config(kv_heads=4)  # k/v out = 64, the adapter below was made for 32
     verdict = check_fit(
