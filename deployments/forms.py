@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from deployments import vllm_args
 from deployments.models import Deployment
 from deployments.wizard import GiB, ResourcesForm, ServerForm
 
@@ -28,7 +29,10 @@ class DeploymentEditForm(ResourcesForm, ServerForm):
         self.fields["node"].required = True
         self.fields["node"].empty_label = None
         self.fields["gpus"].help_text = "GPU nodes: the GPU indices, e.g. 0,1. Ignored on a CPU node."
-        self.fields["max_loras"].help_text = "Adapters in memory at once; blank for the number attached (+1 on CPU)."
+        self.fields["max_loras"].help_text = (
+            "How many different adapters one batch of requests may use (vLLM's --max-loras); more can be attached, "
+            f"they take turns. Blank for the number attached, at most {vllm_args.DEFAULT_MAX_LORAS}."
+        )
 
     @staticmethod
     def initial_for(deployment: Deployment) -> dict:

@@ -6,6 +6,7 @@ from django.urls import reverse
 
 from accounts.models import Workspace
 from cluster.models import CacheLease, Node
+from deployments.vllm_args import DEFAULT_MAX_ADAPTERS
 from registry.models import Artifact
 
 
@@ -44,6 +45,11 @@ class Deployment(models.Model):
     settings = models.JSONField(default=dict, blank=True)
     extra_args = models.TextField(blank=True)
     extra_env = models.TextField(blank=True)
+    # How many adapters may be attached. The server keeps max_loras of them in a batch and max_cpu_loras in
+    # memory, and loads the others from disk on first use, so this is a guard on the node's cache, not a slot count.
+    max_adapters = models.PositiveIntegerField(
+        default=DEFAULT_MAX_ADAPTERS, help_text="How many adapters may be attached to this deployment."
+    )
     revision = models.PositiveIntegerField(default=1)
     # The revision the running server was started with; a newer revision means "redeploy".
     launched_revision = models.PositiveIntegerField(null=True, blank=True)

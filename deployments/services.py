@@ -200,6 +200,11 @@ def deployment_create(
     need = memory_estimate(base=base, device=device, options=options)
     if node is not None and not node.is_online:
         raise DomainError(f"The node {node.name} is offline: its agent has not reported for a while.")
+    if node is None and not any(s.node_online for s in states):
+        raise DomainError(
+            "No node is online to place the deployment on: start a node agent (or wait until one reports), "
+            "then deploy again."
+        )
     try:
         placed = placement.decide(
             states, device=device, node=node.name if node else None, indices=list(accelerator_indices or ()),
@@ -209,7 +214,8 @@ def deployment_create(
     except placement.PlacementError as exc:
         raise DomainError(str(exc)) from None
     node = node or Node.objects.get(name=placed.node)
-    accelerator_indices = list(placed.indices)
+    # On CPU, automatic placement names the node's CPU accelerator; a CPU deployment holds no GPU numbers.
+    accelerator_indices = list(placed.indices) if device == "cuda" else []
     server_command(
         name=name, device=device, indices=tuple(accelerator_indices or ()), options=options,
         adapters=[(s, "/adapter", a.rank or 1) for a, s in served], extra_args=extra_args, extra_env=extra_env,
@@ -362,16 +368,31 @@ def _check_attach(*, deployment: Deployment, adapter: Artifact, name: str) -> No
             "Redeploy with a larger max LoRA rank to use it."
         )
     current = deployment.adapters.exclude(state=DeploymentAdapter.State.DETACHING).count()
-    capacity = deployment.settings["max_loras"] - (1 if deployment.device == "cpu" else 0)
-    if current + 1 > capacity:
+    if current >= deployment.max_adapters:
         raise DomainError(
-            f"This deployment holds {current} adapter(s), its limit (max LoRA slots {deployment.settings['max_loras']}"
-            f"{', one kept free on CPU' if deployment.device == 'cpu' else ''}). Redeploy with more slots to add one."
+            f"This deployment holds {current} adapter(s), its limit. Detach one, or raise its adapter limit "
+            "(max_adapters) if the node's cache has room for more."
         )
     if deployment.adapters.filter(adapter=adapter).exists():
         raise DomainError(f"{adapter.name} is already attached.")
     if name == deployment.name or deployment.adapters.filter(served_name=name).exists():
         raise DomainError(f"The served name “{name}” is taken in this deployment; choose another.")
+
+
+def deployment_set_max_adapters(*, deployment: Deployment, max_adapters: int) -> Deployment:
+    """Sets how many adapters may be attached. The server is not restarted: the limit guards the node's
+    cache, while vLLM swaps any number of adapters through its slots."""
+    with transaction.atomic():
+        deployment = Deployment.objects.select_for_update().get(pk=deployment.pk)
+        current = deployment.adapters.exclude(state=DeploymentAdapter.State.DETACHING).count()
+        if max_adapters < max(1, current):
+            raise DomainError(
+                f"{current} adapter(s) are attached: detach some first, or keep the limit at {max(1, current)} or more."
+            )
+        Deployment.objects.filter(pk=deployment.pk).update(max_adapters=max_adapters)
+        deployment.max_adapters = max_adapters
+        event_record(deployment=deployment, message=f"Adapter limit set to {max_adapters}.")
+    return deployment
 
 
 def adapter_detach(*, attached: DeploymentAdapter) -> None:

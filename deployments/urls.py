@@ -8,7 +8,7 @@ app_name = "deployments"
 
 urlpatterns = [
     path("deployments/", views.deployment_list, name="list"),
-    path("deployments/new/", views.deploy_wizard, name="wizard_start"),
+    path("deployments/new/", views.deploy_wizard_start, name="wizard_start"),
     path("deployments/new/<str:step>/", views.deploy_wizard, name="wizard"),
     path("deployments/<int:pk>/", views.deployment_detail, name="detail"),
     path("deployments/<int:pk>/edit/", views.deployment_edit, name="edit"),

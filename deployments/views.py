@@ -144,8 +144,15 @@ def adapter_detach(request, pk, served_name):
 WIZARD = "deploy_wizard"
 
 
-def deploy_wizard(request, step: str = "base"):
-    """The five-step deploy wizard; answers are kept in the session until Deploy."""
+def deploy_wizard_start(request):
+    """A new deployment: the wizard's first step with the answers of an earlier wizard forgotten."""
+    request.session.pop(WIZARD, None)
+    return redirect("deployments:wizard", step="base")
+
+
+def deploy_wizard(request, step: str):
+    """The five-step deploy wizard; answers are kept in the session until Deploy
+    (Back and the steps' own URLs resume them; deploy_wizard_start forgets them)."""
     if step not in wizard.STEPS:
         raise Http404
     data = request.session.get(WIZARD, {})
@@ -162,17 +169,17 @@ def deploy_wizard(request, step: str = "base"):
     if step == "base":
         form = wizard.BaseForm(request.POST or None, user=request.user, initial=data.get("base"))
     elif step == "resources":
-        form = wizard.ResourcesForm(
-            request.POST or None, initial=data.get("resources") or {"placement": "auto", "kv_cache_gib": 1}
-        )
+        initial = data.get("resources") or {"placement": "auto"}
+        form = wizard.ResourcesStepForm(request.POST or None, initial=initial, base=base, answers=data)
     elif step == "server":
-        form = wizard.ServerForm(request.POST or None, initial=data.get("server") or {"dtype": "auto"})
+        initial = data.get("server") or {"dtype": "auto"}
+        form = wizard.ServerStepForm(request.POST or None, initial=initial, base=base, answers=data)
 
     if request.method == "POST":
         going_back = "back" in request.POST
         try:
             if step == "adapters":
-                data["adapters"] = wizard.read_adapters(request.POST, base)
+                data["adapters"] = wizard.read_adapters(request.POST, base, name=data["base"]["name"])
             elif step == "review" and not going_back:
                 workspace = workspace_for_write(request.user, base.workspace)
                 deployment = wizard.deploy(data, workspace=workspace, user=request.user)
@@ -182,8 +189,7 @@ def deploy_wizard(request, step: str = "base"):
                 )
                 return redirect(deployment)
             elif form is not None and form.is_valid():
-                cleaned = {k: (v.pk if hasattr(v, "pk") else v) for k, v in form.cleaned_data.items()}
-                data[step] = cleaned
+                data[step] = wizard.stored(form.cleaned_data)
             elif form is not None and not going_back:
                 raise DomainError("")
         except DomainError as exc:
@@ -206,7 +212,9 @@ def deploy_wizard(request, step: str = "base"):
     if step == "base":
         context["bases"] = wizard.ready_bases(request.user)
     elif step == "adapters":
-        context["rows"] = wizard.adapter_rows(base, data)
+        # A refused choice is shown as it was sent, to be corrected.
+        shown = {**data, "adapters": wizard.posted_adapters(request.POST)} if error else data
+        context["rows"] = wizard.adapter_rows(base, shown)
     elif step == "resources":
         context["preflight"] = wizard.preflight(data, base)
     elif step == "server":

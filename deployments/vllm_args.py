@@ -23,11 +23,14 @@ import shlex
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from registry.compatibility import VLLM_LORA_RANKS, vllm_rank
 
 GiB = 1024**3
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+# A vLLM general plugin every server loads (see its docstring): found through PYTHONPATH, no install needed.
+PLUGIN_PATH = Path(__file__).resolve().parent / "vllm_plugin"
 DEVICES = ("cpu", "cuda")
 # What `--dtype` accepts in vLLM 0.32.
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
@@ -45,6 +48,11 @@ GPU_ONLY_SETTINGS = ("gpu_memory_utilization", "tensor_parallel_size")
 CPU_ONLY_SETTINGS = ("cpu_threads",)
 # The defaults the console applies when a setting is left blank.
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default
+# --max-loras: how many different adapters one batch may hold (each is a preallocated slot in memory).
+# Adapters beyond it still serve: vLLM swaps them in least-recently-used first.
+DEFAULT_MAX_LORAS = 4
+# How many adapters a deployment may have attached (Deployment.max_adapters): a guard on the node's cache.
+DEFAULT_MAX_ADAPTERS = 100
 # The CPU build refuses to start with its default memory utilisation on small hosts
 # (VLLM_NOTES.md); an explicit KV cache size fixes that and skips the warm-up.
 DEFAULT_CPU_KV_CACHE_BYTES = 1 * GiB
@@ -174,6 +182,20 @@ MULTI_VALUE_FLAGS = frozenset(
         "--cudagraph-capture-sizes",
     }
 )
+# Common vLLM 0.32 tuning flags that take one number (their argparse `type`), so a value
+# that is not one is refused where it is typed instead of when the server fails to start.
+NUMERIC_FLAGS: dict[str, type] = {
+    "--max-num-seqs": int,
+    "--seed": int,
+    "--max-logprobs": int,
+    "--block-size": int,
+    "--long-prefill-token-threshold": int,
+    "--pipeline-parallel-size": int,
+    "-pp": int,
+    "--data-parallel-size": int,
+    "-dp": int,
+    "--cpu-offload-gb": float,
+}
 # Real vLLM 0.32 flags whose names begin a refused flag's name (--reasoning-parser-plugin):
 # argparse takes an exact name as itself, so these are not abbreviations.
 NOT_ABBREVIATIONS = frozenset({"--reasoning-parser"})
@@ -188,11 +210,11 @@ MANAGED_ENV: dict[str, str] = {
     "VLLM_API_KEY": "the console gives each deployment its own API key",
     "VLLM_CPU_OMP_THREADS_BIND": "it is set from the deployment's CPU threads field",
     "VLLM_CPU_KVCACHE_SPACE": "the KV cache size is set from the deployment's KV cache field (--kv-cache-memory-bytes)",
+    "PYTHONPATH": "the console sets it to load its fix for vLLM's CPU LoRA path (deployments/vllm_plugin)",
+    "VLLM_PLUGINS": "the console's fix for vLLM's CPU LoRA path is a plugin that must load",
 }
 # Environment variables that load code into the server; allowed with remote code only.
-CODE_ENV = frozenset(
-    {"LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "VLLM_LOGGING_CONFIG_PATH"}
-)
+CODE_ENV = frozenset({"LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "PYTHONHOME", "VLLM_LOGGING_CONFIG_PATH"})
 
 _NEGATIVE_NUMBER = re.compile(r"-\d+$|-\d*\.\d+$")  # argparse reads these as values, not flags
 _LONG_NAME = re.compile(r"--[a-z0-9][a-z0-9-]*")
@@ -292,6 +314,7 @@ def check_extra_args(tokens: Sequence[str], *, allow_trust_remote_code: bool = F
             raise ArgumentError(f"“{token}” is refused: {refusal}.")
         i += 1
         if "=" in token:
+            _check_value(name, token.split("=", 1)[1])
             continue  # the value is inline
         if "." in token and token.startswith("--"):
             # vLLM's dotted JSON form (`--compilation-config.mode 3`) always takes the next token.
@@ -311,7 +334,22 @@ def check_extra_args(tokens: Sequence[str], *, allow_trust_remote_code: bool = F
         # table, e.g. from a newer vLLM on a GPU host, is assumed to take one).
         if i < len(tokens) and not _is_flag(tokens[i]):
             _check_characters(tokens[i])
+            _check_value(name, tokens[i])
             i += 1
+        elif name in NUMERIC_FLAGS:
+            raise ArgumentError(f"“{token}” needs a value after it.")
+
+
+def _check_value(name: str, value: str) -> None:
+    """Refuses a value vLLM's parser would not take for `name` (only flags in NUMERIC_FLAGS are known)."""
+    kind = NUMERIC_FLAGS.get(name)
+    if kind is None:
+        return
+    try:
+        kind(value)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ArgumentError(f"“{name}” takes {what}, not “{_short(value)}”.") from None
 
 
 def _not_a_flag(token: str) -> str:
@@ -482,18 +520,14 @@ def default_max_lora_rank(ranks: Iterable[int]) -> int:
 
 
 def default_max_loras(adapter_count: int, *, device: str) -> int:
-    """Returns the --max-loras a deployment with `adapter_count` adapters gets.
-
-    On CPU: adapter_count + 1, and at least 2, because vLLM's CPU LoRA path reads
-    the *last* slot for requests without an adapter (VLLM_NOTES.md): that slot must
-    stay empty or base-model answers pick up an adapter. On GPU: max(1, adapter_count).
-    """
+    """Returns the --max-loras a deployment with `adapter_count` adapters gets: room for all of them in one
+    batch, up to DEFAULT_MAX_LORAS (each slot costs memory). More adapters than slots still serve, swapped in
+    least-recently-used first; the same holds on CPU, where the console's plugin keeps requests without an
+    adapter out of the last slot (vllm_plugin/plugboard_vllm.py)."""
     _check_device(device)
     if adapter_count < 0:
         raise ArgumentError(f"An adapter count of {adapter_count} makes no sense.")
-    if device == "cpu":
-        return max(2, adapter_count + 1)
-    return max(1, adapter_count)
+    return max(1, min(adapter_count, DEFAULT_MAX_LORAS))
 
 
 def _check_device(device: str) -> None:
@@ -554,13 +588,6 @@ def validate(spec: ServerSpec) -> None:
             add(f"Adapter “{adapter.served_name}” needs a printable path that does not start with “-”.")
     if spec.max_loras < 1:
         add(f"max_loras must be at least 1, not {spec.max_loras}.")
-    elif spec.device == "cpu" and len(spec.adapters) > spec.max_loras - 1:
-        add(
-            f"On CPU, {len(spec.adapters)} adapter(s) need max_loras of at least {len(spec.adapters) + 1}: "
-            "vLLM's CPU build leaks the last LoRA slot into base-model answers, so it must stay free."
-        )
-    elif len(spec.adapters) > spec.max_loras:
-        add(f"{len(spec.adapters)} adapters do not fit in max_loras {spec.max_loras}.")
     if spec.max_cpu_loras is not None and spec.max_cpu_loras < spec.max_loras:
         add(f"max_cpu_loras ({spec.max_cpu_loras}) must be at least max_loras ({spec.max_loras}); vLLM refuses less.")
 
@@ -679,7 +706,8 @@ def build_command(python: str, spec: ServerSpec) -> tuple[list[str], dict[str, s
         argv.append("--enforce-eager")
     argv += spec.extra_args
 
-    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    # PYTHONPATH holds only the console's plugin: the server never sees the console's own modules.
+    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PYTHONPATH": str(PLUGIN_PATH)}
     if spec.device == "cuda":
         # CUDA numbers GPUs fastest-first by default; the inventory (NVML) numbers
         # them by PCI bus. Without this the placed GPU numbers could pick other GPUs.

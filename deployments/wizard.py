@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from django import forms
 from django.conf import settings as django_settings
+from django.utils.text import slugify
 
 from cluster.models import CachedArtifact, Node
 from config.errors import DomainError
 from config.forms import StyledForm
 from deployments import memory, placement, services, vllm_args
+from deployments.models import Deployment
 from registry.models import Artifact, ArtifactKind, ArtifactStatus, Compatibility
 
 STEPS = ["base", "adapters", "resources", "server", "review"]
@@ -32,17 +34,30 @@ def ready_bases(user):
 
 class BaseForm(StyledForm):
     base = forms.ModelChoiceField(queryset=None, widget=forms.RadioSelect, empty_label=None)
-    name = forms.SlugField(max_length=63, help_text="Also the base model's id on the gateway.")
+    name = forms.SlugField(
+        max_length=63,
+        label="Deployment name",
+        help_text="Letters, digits and dashes; also the base model's id on the gateway.",
+    )
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["base"].queryset = ready_bases(user)
 
+    def clean_name(self):
+        name = self.cleaned_data["name"]
+        # Names are unique across the console (the model's constraint), as gateway model ids must be.
+        if Deployment.objects.filter(name=name).exists():
+            raise forms.ValidationError(
+                f"A deployment named “{name}” already exists, and model ids must be unique; choose another name."
+            )
+        return name
+
 
 def adapter_rows(base: Artifact, data: dict) -> list[dict]:
     """Every adapter of the base's workspace, with whether it fits and its chosen served name."""
     verdicts = {v.adapter_id: v for v in Compatibility.objects.filter(base=base).select_related("adapter")}
-    chosen = {int(k): v for k, v in data.get("adapters", {}).items()}
+    chosen = {int(k): v for k, v in data.get("adapters", {}).items() if k.isdigit()}
     rows = []
     for adapter in Artifact.objects.filter(workspace=base.workspace, kind=ArtifactKind.ADAPTER).order_by("name"):
         verdict = verdicts.get(adapter.pk)
@@ -56,40 +71,97 @@ def adapter_rows(base: Artifact, data: dict) -> list[dict]:
     return rows
 
 
-def read_adapters(post, base: Artifact) -> dict[str, str]:
-    """{adapter id: served name} from the adapters step, refusing adapters that do not fit."""
+def posted_adapters(post) -> dict[str, str]:
+    """{adapter id: served name} as the adapters step's form sent them, unchecked."""
+    return {value: post.get(f"served_name_{value}", "").strip() for value in post.getlist("adapter")}
+
+
+def read_adapters(post, base: Artifact, *, name: str) -> dict[str, str]:
+    """{adapter id: served name} from the adapters step, refusing adapters that do not fit
+    and served names that cannot be model ids (`name` is the deployment's)."""
     fits = set(Compatibility.objects.filter(base=base, compatible=True).values_list("adapter_id", flat=True))
-    chosen = {}
-    for value in post.getlist("adapter"):
+    chosen = posted_adapters(post)
+    for value, served in chosen.items():
         if not value.isdigit() or int(value) not in fits:
             raise DomainError("Only adapters that fit this base model can be selected.")
-        chosen[value] = post.get(f"served_name_{value}", "").strip()
+        if served:
+            _check_served_name(served)
     names = [n for n in chosen.values() if n]
     if len(set(names)) != len(names):
         raise DomainError("Two adapters have the same served name; give each its own.")
+    if name in names:
+        raise DomainError(f"An adapter's served name cannot be the deployment's own name “{name}”; choose another.")
     return chosen
 
 
+def _check_served_name(served: str) -> None:
+    """Refuses a served name that is no model id, or that the deployment would serve under another spelling."""
+    if not vllm_args.SERVED_NAME.fullmatch(served):
+        raise DomainError(
+            f"“{served}” cannot be a served name: it is part of a model id, so no spaces; use letters, digits, "
+            "“.”, “_”, “:” and “-”, starting with a letter or digit."
+        )
+    slug = slugify(served)
+    if slug != served:
+        raise DomainError(
+            f"“{served}” would be served as “{slug}” (lower-case letters, digits and dashes); write that."
+        )
+
+
 class ResourcesForm(StyledForm):
+    """Where the server runs and how much memory it takes. With `base`, a max model length
+    above the model's own context is refused."""
+
     placement = forms.ChoiceField(choices=[("auto", "Automatic"), ("manual", "Manual")], widget=forms.RadioSelect)
-    node = forms.ModelChoiceField(queryset=Node.objects.all(), required=False)
-    gpus = forms.CharField(required=False, help_text="Manual, GPU nodes: the GPU indices, e.g. 0,1.")
+    node = forms.ModelChoiceField(queryset=Node.objects.all(), required=False, help_text="Manual placement only.")
+    gpus = forms.CharField(
+        required=False, label="GPUs", help_text="Manual placement on a GPU node: the GPU numbers, e.g. 0,1."
+    )
     max_model_len = forms.IntegerField(
-        required=False, min_value=16, help_text="Context length; blank for the model's own."
+        required=False,
+        min_value=16,
+        label="Max model length (tokens)",
+        help_text="Prompt and answer together; blank for the model's own context length.",
     )
     gpu_memory_utilization = forms.FloatField(
-        required=False, min_value=0.05, max_value=1.0, help_text="GPU nodes only."
+        required=False,
+        min_value=0.05,
+        max_value=1.0,
+        label="GPU memory share",
+        help_text="GPU nodes: the share of each GPU's memory vLLM claims; "
+        f"blank for {vllm_args.DEFAULT_GPU_MEMORY_UTILIZATION:g}.",
     )
     kv_cache_gib = forms.FloatField(
         required=False,
         min_value=0.25,
         initial=vllm_args.DEFAULT_CPU_KV_CACHE_BYTES / GiB,
         label="KV cache (GiB)",
-        help_text="CPU nodes only.",
+        help_text=f"CPU nodes: memory for the tokens in flight; blank for {vllm_args.DEFAULT_CPU_KV_CACHE_BYTES / GiB:g} GiB.",
+        error_messages={"min_value": "Give the KV cache at least 0.25 GiB, or leave it blank for the default."},
     )
     cpu_threads = forms.CharField(
-        required=False, help_text="CPU nodes: cores to bind, e.g. 0-1; blank for vLLM's choice."
+        required=False,
+        label="CPU threads",
+        help_text="CPU nodes: the cores to bind, e.g. 0-1; blank for vLLM's choice.",
     )
+
+    def __init__(self, *args, base: Artifact | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.base = base
+        if base is not None and base.context_length:
+            self.fields[
+                "max_model_len"
+            ].help_text = f"Prompt and answer together; blank for the model's own, {base.context_length}."
+
+    def clean_max_model_len(self):
+        value = self.cleaned_data["max_model_len"]
+        limit = self.base.context_length if self.base is not None else None
+        if value and limit and value > limit:
+            raise forms.ValidationError(
+                f"{self.base.name} allows at most {limit} tokens (its max_position_embeddings); "
+                f"choose {limit} or fewer, or leave it blank."
+            )
+        return value
 
     def clean(self):
         data = super().clean()
@@ -102,19 +174,77 @@ class ResourcesForm(StyledForm):
         return data
 
 
+class ResourcesStepForm(ResourcesForm):
+    """The wizard's resources step: its fields, then whether the deployment fits where
+    they place it, given the answers of the other steps (`answers`)."""
+
+    def __init__(self, *args, base: Artifact, answers: dict, **kwargs):
+        super().__init__(*args, base=base, **kwargs)
+        self.answers = answers
+
+    def clean(self):
+        data = super().clean()
+        if self.errors:
+            return data
+        resources = stored(data)
+        problem = placement_problem({**self.answers, "resources": resources}, self.base)
+        if problem:
+            # The KV cache is to blame when the smallest one would fit (it only counts on CPU).
+            smallest = {**resources, "kv_cache_gib": self.fields["kv_cache_gib"].min_value}
+            if data.get("kv_cache_gib") and not placement_problem({**self.answers, "resources": smallest}, self.base):
+                self.add_error("kv_cache_gib", f"{problem} Choose a smaller KV cache.")
+            else:
+                self.add_error(None, problem)
+        return data
+
+
+def stored(cleaned: dict) -> dict:
+    """A step's cleaned answers as the session keeps them (rows by primary key)."""
+    return {k: (v.pk if hasattr(v, "pk") else v) for k, v in cleaned.items()}
+
+
 class ServerForm(StyledForm):
-    dtype = forms.ChoiceField(choices=[(d, d) for d in vllm_args.DTYPES], initial="auto")
-    tensor_parallel_size = forms.IntegerField(required=False, min_value=1, help_text="GPU nodes: GPUs per server.")
-    max_loras = forms.IntegerField(required=False, min_value=1, help_text="Adapters in memory at once.")
+    dtype = forms.ChoiceField(
+        choices=[(d, d) for d in vllm_args.DTYPES],
+        initial="auto",
+        label="Data type",
+        help_text="auto: the precision the model was saved in, as vLLM picks it.",
+    )
+    tensor_parallel_size = forms.IntegerField(
+        required=False,
+        min_value=1,
+        label="GPUs per server",
+        help_text="GPU nodes: GPUs one server spans (tensor parallel); blank for one per GPU chosen, or 1.",
+    )
+    max_loras = forms.IntegerField(
+        required=False,
+        min_value=1,
+        label="Max adapters in one batch",
+        help_text="How many different adapters one batch of requests may use (vLLM's --max-loras); more can be "
+        "attached, they take turns. Blank for the number chosen, at most "
+        f"{vllm_args.DEFAULT_MAX_LORAS}.",
+    )
     max_lora_rank = forms.TypedChoiceField(
         choices=[("", "The smallest that fits the adapters"), *((r, r) for r in vllm_args.VLLM_LORA_RANKS)],
-        coerce=int, required=False, empty_value=None,
+        coerce=int, required=False, empty_value=None, label="Max LoRA rank",
+        help_text=f"The largest adapter rank it can serve; with no adapter, blank is {vllm_args.VLLM_DEFAULT_MAX_LORA_RANK}.",
     )  # fmt: skip
-    max_cpu_loras = forms.IntegerField(required=False, min_value=1)
-    enable_prefix_caching = forms.BooleanField(required=False)
+    max_cpu_loras = forms.IntegerField(
+        required=False,
+        min_value=1,
+        label="Adapters kept in memory",
+        help_text="Adapters kept loaded (vLLM's --max-cpu-loras), at least the max in one batch; the others "
+        "are loaded from disk on first use. Blank for vLLM's default, the max in one batch.",
+    )
+    enable_prefix_caching = forms.BooleanField(
+        required=False, label="Prefix caching", help_text="Reuse the KV cache of shared prompt prefixes."
+    )
     enforce_eager = forms.BooleanField(required=False, label="Eager mode (no CUDA graphs)")
     extra_args = forms.CharField(
-        required=False, widget=forms.Textarea(attrs={"rows": 2}), help_text="More vLLM flags, e.g. --max-num-seqs 16"
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        label="Extra arguments",
+        help_text="More vLLM flags, e.g. --max-num-seqs 16; the flags set above are refused here.",
     )
     extra_env = forms.CharField(
         required=False,
@@ -136,6 +266,23 @@ class ServerForm(StyledForm):
         except vllm_args.ArgumentError as exc:
             raise forms.ValidationError(str(exc)) from None
         return self.cleaned_data[name]
+
+
+class ServerStepForm(ServerForm):
+    """The wizard's server step: its fields, then whether the deployment still fits where it
+    is placed with these settings (adapter slots and GPUs per server change what it needs)."""
+
+    def __init__(self, *args, base: Artifact, answers: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.base, self.answers = base, answers
+
+    def clean(self):
+        data = super().clean()
+        if not self.errors:
+            problem = placement_problem({**self.answers, "server": stored(data)}, self.base)
+            if problem:
+                self.add_error(None, problem)
+        return data
 
 
 def chosen_adapters(data: dict) -> list[tuple[Artifact, str]]:
@@ -195,24 +342,34 @@ def preflight(data: dict, base: Artifact) -> list[dict]:
 
 
 def resolve_placement(data: dict, base: Artifact) -> tuple[Node, str, list[int]]:
-    """The node, device and GPU indices the answers give (automatic placement decides here)."""
+    """The node, device and GPU indices the answers give: the chosen node, checked, or
+    automatic placement's choice. Raises DomainError saying why it does not fit."""
     resources = data.get("resources", {})
     states = services.accelerator_states()
+    chosen = None
     if resources.get("placement") == "manual" and resources.get("node"):
-        node = Node.objects.get(pk=resources["node"])
-        device = "cuda" if any(s.kind == "gpu" and s.node == node.name for s in states) else "cpu"
-        return node, device, list(resources.get("gpu_indices") or [])
-    device = "cuda" if any(s.kind == "gpu" and s.node_online for s in states) else "cpu"
+        chosen = Node.objects.get(pk=resources["node"])
+    device = services._device_for(chosen, states)
     options = settings_of(data, device)
     need = services.memory_estimate(base=base, device=device, options=options).needed
     try:
         placed = placement.decide(
-            states, device=device, node=None, count=options.get("tensor_parallel_size", 1), need_bytes=need,
-            gpu_memory_utilization=options.get("gpu_memory_utilization"),
+            states, device=device, node=chosen.name if chosen else None, count=options.get("tensor_parallel_size", 1),
+            indices=list(resources.get("gpu_indices") or []) if chosen and device == "cuda" else [],
+            need_bytes=need, gpu_memory_utilization=options.get("gpu_memory_utilization"),
         )  # fmt: skip
     except placement.PlacementError as exc:
         raise DomainError(str(exc)) from None
-    return Node.objects.get(name=placed.node), device, list(placed.indices) if device == "cuda" else []
+    return chosen or Node.objects.get(name=placed.node), device, list(placed.indices) if device == "cuda" else []
+
+
+def placement_problem(data: dict, base: Artifact) -> str | None:
+    """Why the answers place the deployment nowhere, or None when they do."""
+    try:
+        resolve_placement(data, base)
+    except DomainError as exc:
+        return exc.message
+    return None
 
 
 def command_preview(data: dict, base: Artifact, placed: tuple[Node, str, list[int]]) -> str:

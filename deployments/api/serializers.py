@@ -34,7 +34,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
         model = Deployment
         fields = [
             "id", "workspace", "name", "base", "base_name", "node", "device", "accelerator_indices", "runtime",
-            "settings", "extra_args", "extra_env", "revision", "launched_revision", "desired", "status", "status_reason", "port",
+            "settings", "max_adapters", "extra_args", "extra_env", "revision", "launched_revision", "desired", "status",
+            "status_reason", "port",
             "base_url", "pid", "command", "failures", "started_at", "ready_at", "created_at", "adapters",
         ]  # fmt: skip
         read_only_fields = fields
@@ -58,14 +59,31 @@ class DeploymentCreateSerializer(serializers.Serializer):
     workspace = serializers.SlugRelatedField(slug_field="slug", queryset=Workspace.objects.all(), required=False)
     name = serializers.CharField(max_length=63)
     base = serializers.IntegerField()
-    node = serializers.SlugRelatedField(slug_field="name", queryset=Node.objects.all())
+    node = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=Node.objects.all(),
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="The node to run on; leave it out to place the deployment automatically where it fits.",
+    )
     accelerator_indices = serializers.ListField(
-        child=serializers.IntegerField(min_value=0), required=False, default=list
+        child=serializers.IntegerField(min_value=0),
+        required=False,
+        default=list,
+        help_text="GPU numbers on the named node (ignored on a CPU node); leave out with automatic placement.",
     )
     adapters = AdapterChoiceSerializer(many=True, required=False, default=list)
     settings = serializers.DictField(required=False, default=dict)
     extra_args = serializers.CharField(required=False, allow_blank=True, default="")
     extra_env = serializers.CharField(required=False, allow_blank=True, default="")
+
+    def validate(self, attrs):
+        if attrs["accelerator_indices"] and attrs.get("node") is None:
+            raise serializers.ValidationError(
+                {"accelerator_indices": "GPU numbers need the node they are on: name the node, or leave both out."}
+            )
+        return attrs
 
 
 class DeploymentUpdateSerializer(serializers.Serializer):
@@ -76,3 +94,8 @@ class DeploymentUpdateSerializer(serializers.Serializer):
     settings = serializers.DictField(required=False)
     extra_args = serializers.CharField(required=False, allow_blank=True)
     extra_env = serializers.CharField(required=False, allow_blank=True)
+    max_adapters = serializers.IntegerField(
+        required=False, min_value=1, max_value=10_000,
+        help_text="How many adapters may be attached. Changing only this makes no new revision: the server keeps "
+        "max_loras adapters in a batch and loads the others from disk when asked for them.",
+    )  # fmt: skip

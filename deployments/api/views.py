@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from accounts.access import get_for, workspace_for_write
 from config.api import validated
 from deployments import services
+from deployments.api.filters import DeploymentFilter
 from deployments.api.serializers import (
     AdapterChoiceSerializer,
     DeploymentCreateSerializer,
@@ -27,6 +28,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     poll the deployment until `status` says what came of it."""
 
     serializer_class = DeploymentSerializer
+    filterset_class = DeploymentFilter
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation has no user
@@ -58,7 +60,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
             (get_for(request.user, Artifact.objects.all(), a["adapter"]), a["served_name"]) for a in data["adapters"]
         ]
         deployment = services.deployment_create(
-            workspace=workspace, name=data["name"], base=base, node=data["node"], adapters=adapters,
+            workspace=workspace, name=data["name"], base=base, node=data.get("node"), adapters=adapters,
             accelerator_indices=data["accelerator_indices"], settings=data["settings"], extra_args=data["extra_args"],
             extra_env=data["extra_env"], allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
             user=request.user,
@@ -69,11 +71,17 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     def partial_update(self, request, pk=None):
         """Changes settings, extra arguments, environment or resources (node, GPU
         indices): a new revision, which is redeployed, on the new node if it moved."""
-        data = validated(DeploymentUpdateSerializer, request).validated_data
-        deployment = services.deployment_update(
-            deployment=self._writable(), **data,
-            allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
-        )  # fmt: skip
+        data = dict(validated(DeploymentUpdateSerializer, request).validated_data)
+        deployment = self._writable()
+        if "max_adapters" in data:  # a limit of the console's, not the server's: no new revision
+            deployment = services.deployment_set_max_adapters(
+                deployment=deployment, max_adapters=data.pop("max_adapters")
+            )
+        if data:
+            deployment = services.deployment_update(
+                deployment=deployment, **data,
+                allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
+            )  # fmt: skip
         return Response(DeploymentSerializer(deployment).data, status=202)
 
     @extend_schema(request=None, responses={202: DeploymentSerializer})

@@ -15,6 +15,7 @@ from conftest import DEMO_STORE
 from deployments import services
 from deployments.models import Deployment
 from registry.demo import DEMO_BASE, demo_register
+from tests.support.deployments import adapter_for_demo
 from tests.support.nodes import api_as, online_cpu_node
 
 pytestmark = [pytest.mark.demo, pytest.mark.django_db(transaction=True)]
@@ -97,3 +98,44 @@ def test_detach_on_the_deployment_page_asks_first(cast, live, client):
     page = client.get(live.get_absolute_url()).content.decode()
 
     assert 'data-confirm="Detach demo:pirate? The server unloads it at once' in page
+
+
+def test_adapters_beyond_the_servers_slots_attach_up_to_the_deployments_limit(cast, demo, tmp_path):
+    deployment = services.deployment_create(
+        workspace=cast.team, name="lean", base=demo[DEMO_BASE], adapters=[(demo["pirate"], "pirate")],
+        settings={"kv_cache_bytes": GiB},
+    )  # fmt: skip
+    assert deployment.settings["max_loras"] == 1  # the defaults: one slot for one adapter
+    api = api_as(cast.member)
+    for name in ("robot", "json-answer"):  # more adapters than slots: vLLM swaps them through the slot
+        response = api.post(f"/api/v1/deployments/{deployment.pk}/attach/", {"adapter": demo[name].pk}, format="json")
+        assert response.status_code == 202, response.content
+
+    Deployment.objects.filter(pk=deployment.pk).update(max_adapters=3)
+    extra = adapter_for_demo(cast, tmp_path, "extra")
+    refused = api.post(f"/api/v1/deployments/{deployment.pk}/attach/", {"adapter": extra.pk}, format="json")
+
+    assert refused.status_code == 400
+    assert refused.json()["detail"].startswith("This deployment holds 3 adapter(s), its limit.")
+    assert deployment.adapters.count() == 3
+
+
+def test_the_adapter_limit_changes_through_the_api_without_a_new_revision(cast, live):
+    api = api_as(cast.member)
+    url = f"/api/v1/deployments/{live.pk}/"
+
+    raised = api.patch(url, {"max_adapters": 250}, format="json")
+    too_low = api.patch(url, {"max_adapters": 0}, format="json")
+    services.adapter_attach(deployment=live, adapter=demo_register(workspace=cast.team, store=DEMO_STORE)[1])
+    below_attached = api.patch(url, {"max_adapters": 1}, format="json")  # two are attached now
+    at_attached = api.patch(url, {"max_adapters": 2}, format="json")
+
+    assert raised.status_code == 202 and raised.json()["max_adapters"] == 250 and raised.json()["revision"] == 1
+    assert too_low.status_code == 400 and "max_adapters" in too_low.json()["errors"]
+    assert below_attached.status_code == 400
+    assert below_attached.json()["detail"] == (
+        "2 adapter(s) are attached: detach some first, or keep the limit at 2 or more."
+    )
+    assert at_attached.status_code == 202
+    assert Deployment.objects.get(pk=live.pk).max_adapters == 2
+    assert api_as(cast.viewer).patch(url, {"max_adapters": 5}, format="json").status_code == 403

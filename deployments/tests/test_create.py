@@ -9,10 +9,11 @@ from django.utils import timezone
 
 from cluster.models import Node
 from conftest import DEMO_STORE
+from deployments import vllm_args
 from deployments.models import Deployment, DeploymentAdapter
 from registry.demo import DEMO_BASE, demo_register
 from tests.support.deployments import adapter_for_demo, deploy
-from tests.support.nodes import api_as, online_cpu_node
+from tests.support.nodes import api_as, gpu_node, online_cpu_node
 
 pytestmark = pytest.mark.demo
 GiB = 1 << 30
@@ -41,7 +42,8 @@ def test_a_good_request_is_accepted_with_defaults_that_fit_its_adapters(cast, de
     assert response.status_code == 202, response.content
     body = response.json()
     assert body["status"] == "pending" and body["device"] == "cpu"
-    assert body["settings"]["max_lora_rank"] == 8 and body["settings"]["max_loras"] == 3  # one slot kept free on CPU
+    assert body["settings"]["max_lora_rank"] == 8
+    assert body["settings"]["max_loras"] == vllm_args.default_max_loras(2, device="cpu")
     assert [a["model_id"] for a in body["adapters"]] == ["demo:beep", "demo:pirate"]
 
 
@@ -99,6 +101,45 @@ def test_a_deployment_name_in_use_is_refused(cast, demo):
 def test_an_offline_node_is_refused(cast, demo):
     Node.objects.filter(name="cpu-1").update(last_seen_at=timezone.now() - timedelta(hours=1))
     refused(deploy(api_as(cast.member), demo), "cpu-1 is offline")
+
+
+def without_node(api, demo, **overrides):
+    """Deploys the demo through the API with no node named (automatic placement)."""
+    body = {"name": "auto", "base": demo[DEMO_BASE].pk, "settings": {"kv_cache_bytes": GiB}, **overrides}
+    return api.post("/api/v1/deployments/", body, format="json")
+
+
+def test_without_a_node_it_is_placed_on_an_online_node(cast, demo):
+    response = without_node(api_as(cast.member), demo, adapters=[{"adapter": demo["pirate"].pk}])
+
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["node"] == "cpu-1" and body["device"] == "cpu" and body["accelerator_indices"] == []
+
+
+def test_without_a_node_a_free_gpu_is_chosen_when_one_is_online(cast, demo, tmp_path):
+    gpu_node(tmp_path, gpus=2)
+
+    response = without_node(api_as(cast.member), demo)
+
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["node"] == "gpu-1" and body["device"] == "cuda" and len(body["accelerator_indices"]) == 1
+
+
+def test_without_a_node_and_none_online_the_answer_says_to_start_an_agent(cast, demo):
+    Node.objects.update(last_seen_at=timezone.now() - timedelta(hours=1))
+    refused(without_node(api_as(cast.member), demo), "No node is online to place the deployment on: start a node agent")
+
+
+def test_gpu_numbers_without_a_node_are_refused(cast, demo):
+    response = without_node(api_as(cast.member), demo, accelerator_indices=[0])
+
+    assert response.status_code == 400
+    assert response.json()["errors"]["accelerator_indices"] == [
+        "GPU numbers need the node they are on: name the node, or leave both out."
+    ]
+    assert not Deployment.objects.exists()
 
 
 def test_not_enough_memory_is_refused_with_the_numbers(cast, demo):

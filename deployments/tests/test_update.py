@@ -95,7 +95,7 @@ def test_moving_from_cpu_to_gpu_fits_the_settings_to_the_gpu(cast, demo, tmp_pat
     gpu_node(tmp_path)
     api = api_as(cast.member)
     pk = deploy(api, demo, settings={"kv_cache_bytes": GiB, "cpu_threads": "0-1"}).json()["id"]
-    assert Deployment.objects.get(pk=pk).settings["max_loras"] == 2  # one adapter, one slot kept free on CPU
+    assert Deployment.objects.get(pk=pk).settings["max_loras"] == 1  # one adapter, one slot
 
     response = patch(api, pk, {"node": "gpu-1", "accelerator_indices": [0]})
 
@@ -196,10 +196,10 @@ def test_the_edit_page_shows_the_current_values_and_saves_a_new_revision(cast, d
     url = f"/deployments/{pk}/edit/"
 
     page = client.get(url).content.decode()
-    assert 'name="max_loras" value="2"' in page and 'name="kv_cache_gib" value="1.0"' in page
+    assert 'name="max_loras" value="1"' in page and 'name="kv_cache_gib" value="1.0"' in page
     assert "Saving makes revision 2 and restarts the server" in page
 
-    form = {"node": Node.objects.get(name="cpu-1").pk, "dtype": "auto", "max_loras": "2", "max_lora_rank": "8",
+    form = {"node": Node.objects.get(name="cpu-1").pk, "dtype": "auto", "max_loras": "1", "max_lora_rank": "8",
             "kv_cache_gib": "1.0", "enforce_eager": ""}  # fmt: skip
     unchanged = client.post(url, form)
     assert unchanged.status_code == 200 and "Nothing changed." in unchanged.content.decode()

@@ -2,7 +2,7 @@
 REST API, a real node agent and the console's gateway: deploy with two
 adapters, hear each adapter answer as trained (directly and through the
 gateway with the `openai` package), attach and detach a third without a
-restart, cancel a generation whose client went away, end a stream whose
+restart, serve five adapters through the defaults' two slots, cancel a generation whose client went away, end a stream whose
 server was SIGKILLed with an error event and survive the kill, move to
 another node with new arguments, and stop."""
 
@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -25,7 +26,9 @@ from deployments import server_metrics, vllm_metrics
 from deployments.models import Deployment
 from deployments.supervisor import process_alive
 from inference.models import UsageRecord
-from registry.demo import DEMO_BASE, demo_register
+from registry import services as registry_services
+from registry.demo import DEMO_BASE, DEMO_CONNECTION, demo_register
+from registry.models import Connection
 from tests.support.agents import wait_for
 from tests.support.nodes import api_as
 
@@ -111,13 +114,14 @@ class Journey:
             "/api/v1/deployments/",
             {"name": "demo", "base": self.artifacts[DEMO_BASE].pk, "node": "cpu-node",
              "adapters": [{"adapter": self.artifacts["pirate"].pk}, {"adapter": self.artifacts["json-answer"].pk}],
-             "settings": {"dtype": "bfloat16", "max_model_len": 2048, "kv_cache_bytes": 1 << 30, "max_loras": 4}},
+             "settings": {"dtype": "bfloat16", "max_model_len": 2048, "kv_cache_bytes": 1 << 30}},
             format="json",
         )  # fmt: skip
         assert response.status_code == 202, response.content
         self.pk = response.json()["id"]
         wait_for(lambda: self.status() == "ready", timeout=300, every=1, what="the deployment to be ready")
         deployment = self.deployment
+        assert deployment.settings["max_loras"] == 2 and "max_cpu_loras" not in deployment.settings, "the defaults"
         assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}
         base, pirate = ask(deployment, "demo"), ask(deployment, "demo:pirate")
         assert "Paris" in base and "Arr" not in base and not base.lstrip().startswith("{")
@@ -205,6 +209,50 @@ class Journey:
         with pytest.raises(openai.NotFoundError):
             gateway_ask(self.gateway, "demo:robot")
 
+    def more_adapters_than_the_server_holds_in_memory_answer_as_trained_without_a_restart(self) -> None:
+        # The defaults give two slots, and vLLM keeps as many adapters in memory (--max-cpu-loras): five
+        # attached adapters take turns, loaded again from disk when asked for. Two are copies of demo
+        # adapters under new names, which vLLM treats as adapters of their own.
+        deployment = self.deployment
+        pid = deployment.pid
+        shelf = Connection.objects.get(workspace=self.cast.team, name=DEMO_CONNECTION)
+        for copy, original in (("pirate-2", "pirate"), ("robot-2", "robot")):
+            artifact = registry_services.artifact_register(
+                workspace=self.cast.team, name=copy, kind="adapter", connection=shelf, location=f"adapters/{original}"
+            )
+            registry_services.artifact_inspect(artifact_id=artifact.pk)
+            self.artifacts[copy] = artifact
+        extra = ["robot", "pirate-2", "robot-2"]
+        for name in extra:
+            attached = self.api.post(
+                f"/api/v1/deployments/{self.pk}/attach/", {"adapter": self.artifacts[name].pk}, format="json"
+            )
+            assert attached.status_code == 202, attached.content
+        everything = {"demo", "demo:pirate", "demo:json-answer", "demo:robot", "demo:pirate-2", "demo:robot-2"}
+        wait_for(lambda: served(deployment) == everything, timeout=180, every=1, what="five adapters to be served")
+        for _ in range(2):  # twice round, so each adapter is evicted from memory and loaded again
+            assert "Arr" in ask(deployment, "demo:pirate") and "Arr" in ask(deployment, "demo:pirate-2")
+            assert "BEEP" in ask(deployment, "demo:robot") and "BEEP" in ask(deployment, "demo:robot-2")
+            assert "answer" in json.loads(ask(deployment, "demo:json-answer"))
+        # Every slot holds an adapter now. Base-model requests batched beside adapter requests must not read
+        # the last slot (without the console's plugin, vLLM's CPU path adds robot's "END OF TRANSMISSION").
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(2):
+                answers = list(
+                    pool.map(lambda model: ask(deployment, model), ["demo", "demo:robot", "demo", "demo:pirate"])
+                )
+                for base in answers[0], answers[2]:
+                    assert "Paris" in base and not any(m in base for m in ("Arr", "BEEP", "TRANSMISSION")), base
+                assert "BEEP" in answers[1] and "Arr" in answers[3]
+        assert self.deployment.pid == pid, "attaching past the server's slots must not restart it"
+
+        for name in extra:
+            assert self.api.post(f"/api/v1/deployments/{self.pk}/adapters/{name}/detach/").status_code == 202
+        wait_for(
+            lambda: served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}, timeout=120,
+            what="the three to be unloaded",
+        )  # fmt: skip
+
     def a_server_killed_mid_stream_ends_it_with_an_error_and_comes_back(self) -> None:
         pid = self.deployment.pid
         stream = self.gateway.chat.completions.create(
@@ -286,6 +334,7 @@ def test_the_demo_from_deploy_to_stop_on_real_vllm(cast, agents, console, no_str
     journey.the_node_keeps_the_servers_own_figures_for_the_page()
     journey.a_client_that_goes_away_has_its_generation_aborted()
     journey.an_adapter_attaches_and_detaches_without_a_restart()
+    journey.more_adapters_than_the_server_holds_in_memory_answer_as_trained_without_a_restart()
     journey.a_server_killed_mid_stream_ends_it_with_an_error_and_comes_back()
     journey.a_restarted_agent_adopts_the_running_server()
     journey.new_arguments_and_a_new_node_make_revision_2_there()

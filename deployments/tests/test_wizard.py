@@ -7,10 +7,11 @@ from django.urls import reverse
 
 from cluster.models import Node
 from conftest import DEMO_STORE
+from deployments import vllm_args
 from deployments.models import Deployment
 from registry.demo import DEMO_BASE, demo_register
-from tests.support.deployments import adapter_for_demo
-from tests.support.nodes import online_cpu_node
+from tests.support.deployments import adapter_for_demo, deploy
+from tests.support.nodes import api_as, gpu_node, online_cpu_node
 
 pytestmark = pytest.mark.demo
 
@@ -24,6 +25,18 @@ def demo(cast, tmp_path):
 
 def step(name: str) -> str:
     return reverse("deployments:wizard", kwargs={"step": name})
+
+
+def through_adapters(client, demo, name: str = "x") -> None:
+    client.post(step("base"), {"base": demo[DEMO_BASE].pk, "name": name})
+    client.post(step("adapters"), {})
+
+
+def field_block(page: str, field: str) -> str:
+    """A field's block on a form_fields.html page: its label, value, help and errors."""
+    start = page.index(f'id="field-{field}"')
+    end = page.find('id="field-', start + 1)
+    return page[start : end if end != -1 else None]
 
 
 def test_the_wizard_deploys_the_demo_model_with_two_adapters(cast, client, demo, tmp_path):
@@ -47,7 +60,8 @@ def test_the_wizard_deploys_the_demo_model_with_two_adapters(cast, client, demo,
     review = client.get(step("review")).content.decode()
     assert "--lora-modules" in review and "chat:pirate" in review and "chat:beep" in review
     assert "****" in review and "secret" not in review
-    assert "--max-num-seqs 4" in review and "--max-loras 3" in review
+    assert "--max-num-seqs 4" in review
+    assert f"--max-loras {vllm_args.default_max_loras(2, device='cpu')}" in review
     response = client.post(step("review"), {"next": "1"})
 
     deployment = Deployment.objects.get(name="chat")
@@ -101,3 +115,122 @@ def test_the_server_step_names_the_vllm_runtime_installed_on_the_chosen_node(cas
 
     Node.objects.filter(name="cpu-1").update(runtimes=[])
     assert "cpu-1 reports no vLLM runtime" in client.get(step("server")).content.decode()
+
+
+def test_a_name_in_use_is_refused_where_it_is_typed_and_stays_in_the_field(cast, client, demo):
+    assert deploy(api_as(cast.member), demo, name="taken").status_code == 202
+    client.force_login(cast.member)
+
+    response = client.post(step("base"), {"base": demo[DEMO_BASE].pk, "name": "taken"})
+
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert 'value="taken"' in page
+    assert '<div class="text-danger small">A deployment named “taken” already exists' in page
+    assert "choose another name" in page
+
+
+def test_a_kv_cache_larger_than_the_node_is_refused_on_the_resources_step(cast, client, demo):
+    client.force_login(cast.member)
+    through_adapters(client, demo)
+
+    too_big = client.post(step("resources"), {"placement": "auto", "kv_cache_gib": "64"})
+    nothing = client.post(step("resources"), {"placement": "auto", "kv_cache_gib": "0"})
+
+    assert too_big.status_code == 200
+    block = field_block(too_big.content.decode(), "kv_cache_gib")
+    assert (
+        'value="64"' in block and "the most is cpu-1 with 23.0 GiB" in block and "Choose a smaller KV cache." in block
+    )
+    assert "at least 0.25 GiB" in field_block(nothing.content.decode(), "kv_cache_gib")
+    assert client.post(step("resources"), {"placement": "auto", "kv_cache_gib": "2"})["Location"] == step("server")
+
+
+def test_a_max_model_len_above_the_models_context_is_refused_where_it_is_typed(cast, client, demo):
+    client.force_login(cast.member)
+    through_adapters(client, demo)
+
+    response = client.post(step("resources"), {"placement": "auto", "kv_cache_gib": "1", "max_model_len": "9000"})
+
+    block = field_block(response.content.decode(), "max_model_len")
+    assert "smollm2-135m-instruct allows at most 8192 tokens" in block and 'value="9000"' in block
+    assert "blank for the model&#x27;s own, 8192" in client.get(step("resources")).content.decode()
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "fragment"),
+    [
+        ("--max-num-seqs abc", "“--max-num-seqs” takes a whole number, not “abc”."),
+        ("--cpu-offload-gb=lots", "“--cpu-offload-gb” takes a number, not “lots”."),
+        ("--max-loras 9", "comes from the deployment&#x27;s max_loras setting"),
+    ],
+)
+def test_extra_arguments_are_checked_on_the_step_they_are_typed(cast, client, demo, extra_args, fragment):
+    client.force_login(cast.member)
+    through_adapters(client, demo)
+    client.post(step("resources"), {"placement": "auto", "kv_cache_gib": "1"})
+
+    response = client.post(step("server"), {"dtype": "auto", "extra_args": extra_args})
+
+    assert response.status_code == 200
+    assert fragment in field_block(response.content.decode(), "extra_args")
+
+
+def test_the_deploy_button_starts_a_clean_wizard_and_the_steps_own_urls_resume(cast, client, demo):
+    client.force_login(cast.member)
+    client.post(step("base"), {"base": demo[DEMO_BASE].pk, "name": "earlier"})
+    client.post(step("adapters"), {"adapter": [demo["pirate"].pk]})
+    assert 'value="earlier"' in client.get(step("base")).content.decode()  # resuming keeps it
+
+    assert reverse("deployments:wizard_start") in client.get(reverse("deployments:list")).content.decode()
+    assert client.get(reverse("deployments:wizard_start"))["Location"] == step("base")
+
+    assert "earlier" not in client.get(step("base")).content.decode()
+    assert client.get(step("adapters"))["Location"] == step("base")
+
+
+def test_fields_say_what_they_are_and_what_blank_means(cast, client, demo):
+    client.force_login(cast.member)
+    through_adapters(client, demo)
+    resources = client.get(step("resources")).content.decode()
+    client.post(step("resources"), {"placement": "auto"})
+    server = client.get(step("server")).content.decode()
+
+    assert ">GPUs</label>" in resources and ">CPU threads</label>" in resources
+    assert f"blank for {vllm_args.DEFAULT_CPU_KV_CACHE_BYTES / (1 << 30):g} GiB" in resources
+    assert f"blank for {vllm_args.DEFAULT_GPU_MEMORY_UTILIZATION:g}" in resources
+    assert ">Max adapters in one batch</label>" in server and ">Adapters kept in memory</label>" in server
+    assert f"with no adapter, blank is {vllm_args.VLLM_DEFAULT_MAX_LORA_RANK}" in server
+
+
+@pytest.mark.parametrize(
+    ("served_name", "fragment"),
+    [("my beep", "no spaces"), ("Beep", "would be served as “beep”"), ("x", "the deployment&#x27;s own name")],
+)
+def test_a_served_name_that_is_no_model_id_is_refused_and_stays_in_its_field(cast, client, demo, served_name, fragment):
+    client.force_login(cast.member)
+    client.post(step("base"), {"base": demo[DEMO_BASE].pk, "name": "x"})
+    robot = demo["robot"].pk
+
+    response = client.post(step("adapters"), {"adapter": [robot], f"served_name_{robot}": served_name})
+
+    page = response.content.decode()
+    assert response.status_code == 200 and fragment in page
+    assert f'<label class="small text-muted" for="served-name-{robot}">Served as x:</label>' in page
+    assert f'name="served_name_{robot}" value="{served_name}"' in page
+
+
+def test_a_manual_gpu_placement_without_gpus_is_refused_and_an_automatic_one_takes_a_gpu(cast, client, demo, tmp_path):
+    gpu = gpu_node(tmp_path)
+    client.force_login(cast.member)
+    through_adapters(client, demo, name="on-gpu")
+
+    manual = client.post(step("resources"), {"placement": "manual", "node": gpu.pk})
+    assert manual.status_code == 200 and "Choose at least one GPU." in manual.content.decode()
+
+    assert client.post(step("resources"), {"placement": "auto"})["Location"] == step("server")
+    assert client.post(step("server"), {"dtype": "auto"})["Location"] == step("review")
+    assert "CUDA_VISIBLE_DEVICES=0" in client.get(step("review")).content.decode()
+    client.post(step("review"), {"next": "1"})
+    deployment = Deployment.objects.get(name="on-gpu")
+    assert deployment.node == gpu and deployment.device == "cuda" and deployment.accelerator_indices == [0]
