@@ -44,14 +44,21 @@ def without_adapter_rows(op):
 
 
 def register() -> None:
-    """vLLM calls this in every process it starts; patching twice is a no-op."""
-    ops = importlib.import_module(MODULES[0])
+    """vLLM calls this in every process it starts; patching twice is a no-op. A vLLM laid out
+    otherwise (another version) is left as it is rather than kept from starting."""
+    modules = []
+    for module_name in MODULES:
+        try:
+            modules.append(importlib.import_module(module_name))
+        except ImportError:
+            continue
+    if not modules or modules[0].__name__ != MODULES[0]:
+        return
     for name in OPS:
-        original = getattr(ops, name)
-        if getattr(original, "plugboard_fixed", False):
+        original = getattr(modules[0], name, None)
+        if original is None or getattr(original, "plugboard_fixed", False):
             continue
         fixed = without_adapter_rows(original)
-        for module_name in MODULES:
-            module = importlib.import_module(module_name)
+        for module in modules:
             if getattr(module, name, None) is original:
                 setattr(module, name, fixed)
