@@ -130,6 +130,18 @@ class DeploymentAdapter(models.Model):
         """The adapter's id on the model server and the gateway."""
         return f"{self.deployment.name}:{self.served_name}"
 
+    @property
+    def shown_state(self) -> str:
+        """The state as a person should read it: "loaded" only while its server serves; the adapters
+        of a server that is starting, restarting or stopped are "waiting" for it."""
+        serving = self.deployment.status in (Deployment.Status.READY, Deployment.Status.DEGRADED)
+        return "waiting" if self.state == self.State.LOADED and not serving else self.state
+
+    @property
+    def shown_state_display(self) -> str:
+        shown = self.shown_state
+        return "Waiting for the server" if shown == "waiting" else self.State(shown).label
+
 
 class DeploymentEvent(models.Model):
     """A change of a deployment's state, with when and why: the status timeline."""

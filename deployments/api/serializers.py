@@ -10,6 +10,10 @@ from deployments.models import Deployment, DeploymentAdapter, DeploymentEvent
 class DeploymentAdapterSerializer(serializers.ModelSerializer):
     adapter_name = serializers.CharField(source="adapter.name", read_only=True)
     model_id = serializers.CharField(read_only=True)
+    state = serializers.ChoiceField(
+        source="shown_state", read_only=True, choices=[*DeploymentAdapter.State.values, "waiting"],
+        help_text="“loaded” only while the server serves; “waiting” while it starts, restarts or is stopped.",
+    )  # fmt: skip
 
     class Meta:
         model = DeploymentAdapter

@@ -13,7 +13,7 @@ from cluster import services as cluster_services
 from cluster.models import CachedArtifact
 from conftest import DEMO_STORE
 from deployments import services
-from deployments.models import Deployment
+from deployments.models import Deployment, DeploymentAdapter
 from registry.demo import DEMO_BASE, demo_register
 from tests.support.deployments import adapter_for_demo
 from tests.support.nodes import api_as, online_cpu_node
@@ -139,3 +139,21 @@ def test_the_adapter_limit_changes_through_the_api_without_a_new_revision(cast, 
     assert at_attached.status_code == 202
     assert Deployment.objects.get(pk=live.pk).max_adapters == 2
     assert api_as(cast.viewer).patch(url, {"max_adapters": 5}, format="json").status_code == 403
+
+
+def test_an_adapter_reads_loaded_only_while_its_server_serves(cast, live, client):
+    live.adapters.update(state=DeploymentAdapter.State.LOADED)
+    api = api_as(cast.member)
+    client.force_login(cast.member)
+
+    def shown() -> tuple[str, str]:
+        api_state = api.get(f"/api/v1/deployments/{live.pk}/").json()["adapters"][0]["state"]
+        page = client.get(f"{live.get_absolute_url()}?partial=live").content.decode()
+        return api_state, page
+
+    for status, state, label in [("starting", "waiting", "Waiting for the server"), ("ready", "loaded", "Loaded"),
+                                 ("stopped", "waiting", "Waiting for the server")]:  # fmt: skip
+        Deployment.objects.filter(pk=live.pk).update(status=status)
+        api_state, page = shown()
+        assert api_state == state, status
+        assert f'data-adapter="pirate" data-state="{state}"' in page and f'<span class="small">{label}</span>' in page
