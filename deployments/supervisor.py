@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -90,6 +91,31 @@ def tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
             return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
     except OSError:
         return ""
+
+
+# The line a Python exception ends with: "ValueError: ...", "torch.OutOfMemoryError: ...".
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt)): (.+)$")
+
+
+def last_error(log_tail: str) -> str:
+    """Returns the exception a server's log ends with ("ValueError: ..."), as the cause of a crash, or "".
+    A wrapper that points back ("See root cause above") gives way to the one before it, and a pydantic
+    ValidationError (how vLLM 0.32 refuses its settings) brings its detail lines along."""
+    lines = log_tail.splitlines()
+    found = [(i, m) for i, line in enumerate(lines) if (m := _EXCEPTION_LINE.match(line.strip()))]
+    for i, match in reversed(found):
+        name, message = match.groups()
+        if "root cause above" in message:
+            continue
+        if name == "ValidationError":
+            details = [
+                line.strip().removeprefix("Value error, ")
+                for line in lines[i + 1 : i + 4]
+                if line.startswith("  ") and not line.strip().startswith("For further information")
+            ]
+            message = " ".join([message + ":", *details]) if details else message
+        return f"{name}: {message[:500]}"
+    return ""
 
 
 class Supervisor:
@@ -259,6 +285,9 @@ class Supervisor:
             self.kill(d.pid)  # what is left of it (vLLM's engine) must not hold memory into the restart
         failures = d.failures + 1
         last_lines = tail(d.log_path)
+        cause = last_error(last_lines)
+        if cause:
+            reason = f"{reason} Cause: {cause.rstrip('.')}."
         if failures >= MAX_FAILURES:
             services.deployment_mark_failed(
                 deployment=d, reason=f"{reason} It failed {failures} times in a row; last lines:\n{last_lines[-2000:]}",
@@ -267,7 +296,7 @@ class Supervisor:
             return
         backoff = min(60, 2 ** (failures - 1))
         services.deployment_mark_restarting(
-            deployment=d, reason=f"{reason} Restarting in {backoff} s (attempt {failures + 1}).",
+            deployment=d, reason=f"{reason} Restarting in {backoff} s (attempt {failures}).",
             pid=None, failures=failures, log_tail=last_lines, next_start_at=timezone.now() + timedelta(seconds=backoff),
         )  # fmt: skip
 

