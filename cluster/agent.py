@@ -74,6 +74,9 @@ class Reporter(threading.Thread):
         # Runtimes change only when someone installs one: look once per start.
         runtime = inventory.vllm_runtime(settings.PLUGBOARD_VLLM_PYTHON)
         runtimes = [runtime] if runtime else []
+        if runtime:
+            # Its flags take seconds to read the first time: the reports go on meanwhile and carry them once known.
+            threading.Thread(target=self._read_flags, args=(runtime,), name="runtime-flags", daemon=True).start()
         first = True
         while not self.stopping.is_set():
             try:
@@ -89,6 +92,12 @@ class Reporter(threading.Thread):
                 log.exception("node report failed; trying again")
             self.wake.wait(settings.PLUGBOARD_NODE_HEARTBEAT_SECONDS)
             self.wake.clear()
+
+    def _read_flags(self, runtime: dict) -> None:
+        flags = inventory.vllm_flags(runtime, keep_in=Path(settings.VAR_DIR) / "runtime-flags")
+        if flags:
+            runtime["flags"] = flags  # the reporter sends the same dict on its next heartbeat
+            self.wake.set()
 
 
 _reporter: Reporter | None = None

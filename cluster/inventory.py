@@ -74,6 +74,50 @@ def vllm_runtime(python: Path) -> dict | None:
     return found
 
 
+# Lists the flags the runtime's own server parser knows, with the type of value each takes. Importing
+# vLLM's parser takes about ten seconds, so the answer is kept on disk per runtime version (vllm_flags).
+_FLAGS_PROBE = r"""
+import json, warnings
+warnings.simplefilter("ignore")
+try:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+except ImportError:  # older layouts
+    from vllm.entrypoints.openai.cli_args import make_arg_parser
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+flags = {}
+for action in make_arg_parser(FlexibleArgumentParser())._actions:
+    kind = getattr(action.type, "__name__", "") if action.type in (int, float) else ""
+    for option in action.option_strings:
+        flags[option] = {"takes": "none" if action.nargs == 0 else kind or "text"}
+print(json.dumps(flags))
+"""
+
+
+def vllm_flags(runtime: dict, *, keep_in: Path) -> dict[str, dict] | None:
+    """Returns {flag: {"takes": "none" | "int" | "float" | "text"}} for the server of a runtime found by
+    vllm_runtime, from the file kept in `keep_in` for its version when there is one; None when the
+    runtime's parser cannot be read."""
+    kept = keep_in / f"vllm-flags-{runtime['package']}-{runtime['version']}.json"
+    try:
+        return json.loads(kept.read_text())
+    except (OSError, ValueError):
+        pass
+    try:
+        out = subprocess.run(
+            [runtime["python"], "-c", _FLAGS_PROBE], capture_output=True, text=True, timeout=120, check=True,
+            env={**os.environ, "VLLM_LOGGING_LEVEL": "ERROR"},
+        ).stdout  # fmt: skip
+        flags = json.loads(out.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return None
+    keep_in.mkdir(parents=True, exist_ok=True)
+    temp = kept.with_suffix(f".{os.getpid()}.tmp")
+    temp.write_text(json.dumps(flags))
+    os.replace(temp, kept)
+    return flags
+
+
 def take(*, runtimes: list[dict]) -> Inventory:
     """Returns this host's inventory now (`runtimes` as found by vllm_runtime at start)."""
     total, available = meminfo()

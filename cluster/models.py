@@ -90,10 +90,14 @@ class Accelerator(models.Model):
         return f"{self.node.name}/{self.kind}{self.index} {self.name}"
 
     @property
+    def memory_used_bytes(self) -> int:
+        return self.memory_total_bytes - self.memory_free_bytes
+
+    @property
     def memory_used_percent(self) -> int:
         if not self.memory_total_bytes:
             return 0
-        return round(100 * (self.memory_total_bytes - self.memory_free_bytes) / self.memory_total_bytes)
+        return round(100 * self.memory_used_bytes / self.memory_total_bytes)
 
 
 class CachedArtifact(models.Model):

@@ -22,6 +22,11 @@ def nodes_with_details(user) -> QuerySet[Node]:
     )
 
 
+def nodes_with_accelerators() -> QuerySet[Node]:
+    """Every node (the cluster is shared by all workspaces) with its accelerators: two queries."""
+    return Node.objects.prefetch_related("accelerators")
+
+
 def leases_of(artifact) -> list[str]:
     """Who uses `artifact` on which node, as "deployment chat on gpu-1"."""
     leases = (

@@ -156,3 +156,27 @@ class DeploymentEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment}: {self.message}"
+
+
+class DeploymentRevision(models.Model):
+    """A deployment's arguments and resources as one revision had them, who made it and when:
+    the history the page lists, and what a rollback restores."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="revisions")
+    number = models.PositiveIntegerField()
+    # A node may be removed long after a revision used it; the history stays.
+    node = models.ForeignKey(Node, null=True, on_delete=models.SET_NULL, related_name="+")
+    accelerator_indices = models.JSONField(default=list, blank=True)
+    settings = models.JSONField(default=dict, blank=True)
+    extra_args = models.TextField(blank=True)
+    extra_env = models.TextField(blank=True)
+    restores = models.PositiveIntegerField(null=True, blank=True, help_text="The revision this one rolled back to.")
+    created_by = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-number"]
+        constraints = [models.UniqueConstraint(fields=["deployment", "number"], name="revision_number_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment} revision {self.number}"

@@ -4,9 +4,56 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
-from deployments.models import Deployment
+from accounts.selectors import writable_workspaces_for
+from cluster.selectors import nodes_with_accelerators
+from deployments.models import Deployment, DeploymentEvent
+from registry.models import Artifact
+
+# A server that answers: it has an uptime, and it may be stopped or restarted.
+RUNNING = (Deployment.Status.READY, Deployment.Status.DEGRADED)
+
+
+def deployments_of(user) -> QuerySet[Deployment]:
+    """The deployments of `user`'s workspaces, with their base model, node and adapters (two queries)."""
+    return (
+        Deployment.objects.filter(workspace__memberships__user=user)
+        .select_related("node", "base")
+        .prefetch_related("adapters")
+    )
+
+
+def deployment_rows(user) -> list[Deployment]:
+    """The deployments list: deployments_of(user), each with `running` (ready or degraded) and `writable`
+    (whether `user` may start, stop or restart it). Three queries however many there are."""
+    writable = set(writable_workspaces_for(user).values_list("pk", flat=True))
+    rows = list(deployments_of(user))
+    for deployment in rows:
+        deployment.running = deployment.status in RUNNING
+        deployment.writable = deployment.workspace_id in writable
+    return rows
+
+
+def dashboard_for(user) -> dict:
+    """The home page's contents: what runs and what fails in `user`'s workspaces, every node with its
+    accelerators, the ten latest events of `user`'s deployments, and whether `user` has models and
+    deployments at all (a new user is shown where to begin). A constant number of queries."""
+    mine = deployments_of(user)
+    failing = Q(status=Deployment.Status.FAILED) | Q(status=Deployment.Status.RESTARTING, failures__gt=0)
+    events = (
+        DeploymentEvent.objects.filter(deployment__workspace__memberships__user=user)
+        .select_related("deployment")
+        .order_by("-created_at", "-pk")[:10]
+    )
+    return {
+        "running": list(mine.filter(status__in=RUNNING)),
+        "failing": list(mine.filter(failing)),
+        "nodes": list(nodes_with_accelerators()),
+        "events": list(events),
+        "has_deployments": mine.exists(),
+        "has_models": Artifact.objects.filter(workspace__memberships__user=user).exists(),
+    }
 
 
 def running_by_accelerator(accelerators: list) -> dict[int, list[Deployment]]:

@@ -17,8 +17,8 @@ from cluster.models import Accelerator, Node
 from config import changes
 from config.errors import DomainError
 from config.vault import seal
-from deployments import lifecycle, memory, placement, tasks, vllm_args
-from deployments.models import Deployment, DeploymentAdapter, DeploymentEvent
+from deployments import lifecycle, memory, placement, revisions, tasks, vllm_args
+from deployments.models import Deployment, DeploymentAdapter, DeploymentEvent, DeploymentRevision
 from registry.models import Artifact, ArtifactKind, Compatibility
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,16 @@ log = logging.getLogger(__name__)
 
 def event_record(*, deployment: Deployment, message: str, status: str = "") -> DeploymentEvent:
     return DeploymentEvent.objects.create(deployment=deployment, status=status, message=message)
+
+
+def revision_record(*, deployment: Deployment, user=None, restores: int | None = None) -> DeploymentRevision:
+    """Records the deployment's arguments and resources as its revision `deployment.revision`, made by `user`."""
+    return DeploymentRevision.objects.create(
+        deployment=deployment, number=deployment.revision, node=deployment.node,
+        accelerator_indices=list(deployment.accelerator_indices), settings=deployment.settings,
+        extra_args=deployment.extra_args, extra_env=deployment.extra_env, restores=restores,
+        created_by=user if user is not None and user.is_authenticated else None,
+    )  # fmt: skip
 
 
 def _nudge(deployment: Deployment) -> None:
@@ -221,6 +231,7 @@ def deployment_create(
         adapters=[(s, "/adapter", a.rank or 1) for a, s in served], extra_args=extra_args, extra_env=extra_env,
         allow_trust_remote_code=allow_trust_remote_code,
     )  # fmt: skip
+    _check_runtime_arguments(node=node, extra_args=extra_args)
 
     try:
         with transaction.atomic():
@@ -239,6 +250,7 @@ def deployment_create(
             )
             for adapter, served_name in served:
                 DeploymentAdapter.objects.create(deployment=deployment, adapter=adapter, served_name=served_name)
+            revision_record(deployment=deployment, user=user)
             event_record(
                 deployment=deployment, status=Deployment.Status.PENDING, message=f"Deployed {base.name} on {node.name}."
             )
@@ -332,6 +344,29 @@ def server_command(
     except vllm_args.ArgumentError as exc:
         raise DomainError(str(exc)) from None
     return vllm_args.build_command(str(django_settings.PLUGBOARD_VLLM_PYTHON), spec)
+
+
+def _check_runtime_arguments(*, node: Node, extra_args: str) -> None:
+    problem = runtime_argument_problem(node=node, extra_args=extra_args)
+    if problem:
+        raise DomainError(problem)
+
+
+def runtime_argument_problem(*, node: Node, extra_args: str) -> str | None:
+    """Why the model server installed on `node` would refuse these extra arguments (a flag it does not
+    know, a value of the wrong type), from the flags its agent reports; None when it would take them,
+    or when the node has not reported its flags (yet)."""
+    runtime = next((r for r in node.vllm_runtimes if r.get("flags")), None)
+    if runtime is None or not extra_args.strip():
+        return None
+    try:
+        tokens = vllm_args.parse_extra_args(extra_args, allow_trust_remote_code=True)  # refusals come elsewhere
+        vllm_args.check_against_runtime(
+            tokens, runtime["flags"], runtime=f"vLLM {runtime.get('version', '')} on {node.name}"
+        )
+    except vllm_args.ArgumentError as exc:
+        return str(exc)
+    return None
 
 
 def adapter_attach(*, deployment: Deployment, adapter: Artifact, served_name: str = "") -> DeploymentAdapter:
@@ -473,11 +508,12 @@ def deployment_update(
     node: Node | None = None,
     accelerator_indices: list[int] | None = None,
     allow_trust_remote_code: bool = False,
+    user=None,
 ) -> Deployment:
     """Changes the server's arguments or its resources (node, GPUs): a new
-    revision, which is redeployed. A deployment that moves to another node is
-    stopped on the old one first. Checked like a new deployment; refused
-    changes leave everything as it was."""
+    revision, recorded in its history as made by `user`, which is redeployed.
+    A deployment that moves to another node is stopped on the old one first.
+    Checked like a new deployment; refused changes leave everything as it was."""
     new_node = node or deployment.node
     indices = list(deployment.accelerator_indices if accelerator_indices is None else accelerator_indices)
     moved = new_node.pk != deployment.node_id or indices != list(deployment.accelerator_indices)
@@ -499,6 +535,7 @@ def deployment_update(
         adapters=[(a.served_name, "/adapter", a.adapter.rank or 1) for a in attached], extra_args=extra_args,
         extra_env=extra_env, allow_trust_remote_code=allow_trust_remote_code,
     )  # fmt: skip
+    _check_runtime_arguments(node=new_node, extra_args=extra_args)
     changed = [
         k for k in sorted(set(options) | set(deployment.settings)) if options.get(k) != deployment.settings.get(k)
     ]
@@ -516,19 +553,58 @@ def deployment_update(
         raise DomainError("Nothing changed.")
     old_node = deployment.node
     with transaction.atomic():
-        Deployment.objects.filter(pk=deployment.pk).update(
+        updated = Deployment.objects.filter(pk=deployment.pk, revision=deployment.revision).update(
             settings=options, extra_args=extra_args, extra_env=extra_env, revision=deployment.revision + 1,
             node=new_node, device=device, accelerator_indices=indices,
         )  # fmt: skip
+        if updated != 1:  # another change was saved meanwhile; this one was checked against what it replaced
+            raise DomainError("It was changed meanwhile: look at it again, then make your change.")
         where = f" on {new_node.name}" if new_node != old_node else ""
         event_record(
             deployment=deployment,
             message=f"Revision {deployment.revision + 1}: changed {', '.join(changed)}; redeploying{where}.",
         )
         deployment.refresh_from_db()
+        revision_record(deployment=deployment, user=user)
         _nudge(deployment)
         if new_node != old_node:
             _nudge_node(old_node)
+    return deployment
+
+
+def deployment_rollback(
+    *, deployment: Deployment, revision_number: int, user=None, allow_trust_remote_code: bool = False
+) -> Deployment:
+    """Makes a new revision with the arguments and resources of revision `revision_number`, through
+    `deployment_update` (so checked like any change: the node online, the model fitting), and records
+    the rollback on the timeline. The server restarts with it, as for any new revision. Raises
+    DomainError for the current revision, an unknown one, or one the deployment has now in all but number."""
+    if revision_number == deployment.revision:
+        raise DomainError(f"Revision {revision_number} is the current one: there is nothing to roll back.")
+    chosen = deployment.revisions.select_related("node").filter(number=revision_number).first()
+    if chosen is None:
+        raise DomainError(f"{deployment.name} has no revision {revision_number}.")
+    if chosen.node is None:
+        raise DomainError(f"The node revision {revision_number} ran on was removed; edit the deployment instead.")
+    if not revisions.describe(revisions.snapshot_of(deployment), revisions.snapshot_of(chosen)):
+        raise DomainError(
+            f"Revision {revision_number} has the arguments and resources the deployment has now: nothing to roll back."
+        )
+    # Settings the chosen revision did not state go back to their defaults (None drops them).
+    settings = {key: None for key in deployment.settings} | chosen.settings
+    with transaction.atomic():
+        deployment = deployment_update(
+            deployment=deployment, settings=settings, extra_args=chosen.extra_args, extra_env=chosen.extra_env,
+            node=chosen.node, accelerator_indices=list(chosen.accelerator_indices),
+            allow_trust_remote_code=allow_trust_remote_code, user=user,
+        )  # fmt: skip
+        DeploymentRevision.objects.filter(deployment=deployment, number=deployment.revision).update(
+            restores=revision_number
+        )
+        event_record(
+            deployment=deployment,
+            message=f"Rolled back to revision {revision_number} as revision {deployment.revision}.",
+        )
     return deployment
 
 

@@ -2,18 +2,22 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.contrib import messages
-from django.http import Http404
+from django.core.handlers.asgi import ASGIRequest
+from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from accounts.access import can_write, get_for, workspace_for_write
 from config import charts as charts_module
 from config.errors import DomainError
+from config.vault import unseal
 from config.views import confirm_delete, errors_on
-from deployments import server_metrics, services, wizard
+from deployments import logs, revisions, selectors, server_metrics, services, wizard
 from deployments.forms import DeploymentEditForm
 from deployments.models import Deployment
 from registry.models import Artifact, Compatibility
@@ -23,12 +27,13 @@ def _deployment_for(request, pk, *, write: bool = False) -> Deployment:
     return get_for(request.user, Deployment.objects.select_related("node", "base", "workspace"), pk, write=write)
 
 
+def dashboard(request):
+    """The home page: what runs and what fails in the caller's workspaces, the nodes, the latest events."""
+    return render(request, "deployments/dashboard.html", selectors.dashboard_for(request.user))
+
+
 def deployment_list(request):
-    deployments = (
-        Deployment.objects.filter(workspace__memberships__user=request.user)
-        .select_related("node", "base")
-        .prefetch_related("adapters")
-    )
+    deployments = selectors.deployment_rows(request.user)
     return render(request, "deployments/deployment_list.html", {"deployments": deployments})
 
 
@@ -51,7 +56,9 @@ def deployment_detail(request, pk):
     if request.htmx and request.GET.get("partial") == "live":
         if deployment.is_terminal and request.GET.get("terminal") == "1":
             return HttpResponseStopPolling()
-        return render(request, "deployments/deployment_detail.html#live", {"deployment": deployment})
+        # The same controls as the whole page: a refresh must not take the Detach buttons away.
+        context = {"deployment": deployment, "can_write": can_write(request.user, deployment.workspace)}
+        return render(request, "deployments/deployment_detail.html#live", context)
     if request.GET.get("partial") == "metrics":
         if request.htmx and deployment.is_terminal and request.GET.get("terminal") == "1":
             return HttpResponseStopPolling()
@@ -65,6 +72,9 @@ def deployment_detail(request, pk):
         "attachable": attachable,
         "can_write": can_write(request.user, deployment.workspace),
         "gateway_url": request.build_absolute_uri("/v1"),
+        "revisions": revisions.history(
+            deployment.revisions.select_related("node", "created_by"), current=deployment.revision
+        ),
         **_server_figures(deployment, request.GET.get("span", "hour")),
     }
     return render(request, "deployments/deployment_detail.html", context)
@@ -78,7 +88,7 @@ def deployment_edit(request, pk):
         with errors_on(form):
             deployment = services.deployment_update(
                 deployment=deployment, **form.update_arguments(),
-                allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
+                allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE, user=request.user,
             )  # fmt: skip
             messages.success(
                 request, f"Saved as revision {deployment.revision}: redeploying on {deployment.node.name}."
@@ -87,28 +97,49 @@ def deployment_edit(request, pk):
     return render(request, "deployments/deployment_edit.html", {"deployment": deployment, "form": form})
 
 
-def _act(request, pk, action) -> Deployment:
+@require_POST
+def deployment_rollback(request, pk, number):
+    """Makes a new revision equal to revision `number`, which the node redeploys."""
+    deployment = _deployment_for(request, pk, write=True)
+    try:
+        deployment = services.deployment_rollback(
+            deployment=deployment, revision_number=number, user=request.user,
+            allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
+        )  # fmt: skip
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Rolled back to revision {number} as revision {deployment.revision}: redeploying.")
+    return redirect(deployment)
+
+
+def _act(request, pk, action):
+    """Calls `action` on the deployment, then goes back to the page the form was on (its `next`,
+    e.g. the deployments list) or else to the deployment; a refusal is shown there."""
     deployment = _deployment_for(request, pk, write=True)
     try:
         action(deployment)
     except DomainError as exc:
         messages.error(request, exc.message)
-    return deployment
+    back = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return redirect(back)
+    return redirect(deployment)
 
 
 @require_POST
 def deployment_stop(request, pk):
-    return redirect(_act(request, pk, lambda d: services.deployment_stop(deployment=d)))
+    return _act(request, pk, lambda d: services.deployment_stop(deployment=d))
 
 
 @require_POST
 def deployment_restart(request, pk):
-    return redirect(_act(request, pk, lambda d: services.deployment_restart(deployment=d)))
+    return _act(request, pk, lambda d: services.deployment_restart(deployment=d))
 
 
 @require_POST
 def deployment_start(request, pk):
-    return redirect(_act(request, pk, lambda d: services.deployment_start(deployment=d)))
+    return _act(request, pk, lambda d: services.deployment_start(deployment=d))
 
 
 def deployment_delete(request, pk):
@@ -231,3 +262,57 @@ def deploy_wizard(request, step: str):
         except DomainError as exc:
             context["error"] = exc.message
     return render(request, "deployments/wizard.html", context)
+
+
+def _log_secrets(deployment: Deployment) -> list[str]:
+    """The deployment's own key, which vLLM prints among its arguments: masked wherever the log is shown."""
+    return [unseal(deployment.encrypted_api_key).get("api_key", "")]
+
+
+def deployment_log(request, pk):
+    """The server log: its last lines, followed while the page is open (htmx polls the `body`
+    partial), searched, without the console's own checks unless `health_checks=1`."""
+    deployment = _deployment_for(request, pk)
+    if request.htmx and deployment.is_terminal and request.GET.get("terminal") == "1":
+        return HttpResponseStopPolling()
+    search = request.GET.get("search", "")[:200]
+    health_checks = request.GET.get("health_checks") == "1"
+    excerpt = logs.read(
+        deployment.log_path, copy=deployment.log_tail, search=search, health_checks=health_checks,
+        secrets=_log_secrets(deployment),
+    )  # fmt: skip
+    context = {
+        "deployment": deployment,
+        "log": excerpt,
+        "log_search": search,
+        "health_checks": health_checks,
+        "searched_mib": logs.SEARCHED_BYTES // logs.MiB,
+    }
+    template = "deployments/_log.html#body" if request.htmx else "deployments/deployment_log.html"
+    return render(request, template, context)
+
+
+async def _in_thread(chunks):
+    """Yields `chunks` (a blocking iterator) read off the event loop: under ASGI, Django
+    would otherwise collect a synchronous iterator whole before sending it."""
+    try:
+        while (chunk := await sync_to_async(next, thread_sensitive=False)(chunks, None)) is not None:
+            yield chunk
+    finally:
+        if close := getattr(chunks, "close", None):
+            close()
+
+
+def deployment_log_download(request, pk):
+    """The whole server log as a text file, streamed a chunk at a time, the deployment's key masked."""
+    deployment = _deployment_for(request, pk)
+    secrets = _log_secrets(deployment)
+    try:
+        chunks = logs.stream(deployment.log_path, secrets=secrets)
+    except OSError:  # not on this host: the last lines the node reported are all there is
+        chunks = iter([logs.mask(deployment.log_tail, secrets).encode()])
+    if isinstance(request, ASGIRequest):
+        chunks = _in_thread(chunks)
+    response = StreamingHttpResponse(chunks, content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{deployment.name}.log"'
+    return response

@@ -340,6 +340,48 @@ def check_extra_args(tokens: Sequence[str], *, allow_trust_remote_code: bool = F
             raise ArgumentError(f"“{token}” needs a value after it.")
 
 
+def check_against_runtime(tokens: Sequence[str], flags: dict[str, dict], *, runtime: str) -> None:
+    """Checks already-checked extra arguments against the flags a node's runtime reports
+    (cluster.inventory.vllm_flags): a flag that runtime's parser does not know, or a value of the
+    wrong type for it, raises ArgumentError in the parser's own words. `runtime` names it for people."""
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if not _is_flag(token):
+            continue  # a value: checked with its flag
+        name, attached = _runtime_flag(token, flags)
+        if name is None:
+            raise ArgumentError(
+                f"{runtime} does not know “{_short(token)}”; its parser says: unrecognized arguments: {_short(token)}"
+            )
+        if attached is None and i < len(tokens) and not _is_flag(tokens[i]):
+            attached = tokens[i]
+        takes = flags[name].get("takes")
+        if takes in ("int", "float") and attached is not None:
+            try:
+                (int if takes == "int" else float)(attached)
+            except ValueError:
+                raise ArgumentError(f"argument {name}: invalid {takes} value: '{_short(attached)}'") from None
+
+
+def _runtime_flag(token: str, flags: dict[str, dict]) -> tuple[str | None, str | None]:
+    """Returns (the runtime's flag `token` stands for, a value written into the token), as argparse
+    reads it: `--a_b=1`, `--a-b.key` (vLLM's JSON form), an unambiguous prefix, or `-O3`."""
+    value = token.split("=", 1)[1] if "=" in token else None
+    if token.startswith("--"):
+        name = _canonical(token)
+        if name in flags:
+            return name, value
+        matches = [flag for flag in flags if flag.startswith(name) and flag.startswith("--")]
+        return (matches[0], value) if len(matches) == 1 else (None, None)
+    if token in flags:
+        return token, None
+    if token[:2] in flags:  # a short flag with its value attached
+        return token[:2], token[2:].lstrip("=")
+    return None, None
+
+
 def _check_value(name: str, value: str) -> None:
     """Refuses a value vLLM's parser would not take for `name` (only flags in NUMERIC_FLAGS are known)."""
     kind = NUMERIC_FLAGS.get(name)

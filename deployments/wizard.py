@@ -279,9 +279,15 @@ class ServerStepForm(ServerForm):
     def clean(self):
         data = super().clean()
         if not self.errors:
-            problem = placement_problem({**self.answers, "server": stored(data)}, self.base)
+            answers = {**self.answers, "server": stored(data)}
+            try:
+                node, _, _ = resolve_placement(answers, self.base)
+            except DomainError as exc:
+                self.add_error(None, exc.message)
+                return data
+            problem = services.runtime_argument_problem(node=node, extra_args=data.get("extra_args") or "")
             if problem:
-                self.add_error(None, problem)
+                self.add_error("extra_args", problem)
         return data
 
 

@@ -89,7 +89,7 @@ def page(console):
         page.fill("#id_username", "admin")
         page.fill("#id_password", PASSWORD)
         page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url("**/models/")
+        page.get_by_role("heading", name="Dashboard").wait_for()
         yield page
         browser.close()
 
@@ -212,7 +212,43 @@ def test_the_wizard_deploys_the_demo_model_with_adapters_and_the_page_shows_it_r
     )  # fmt: skip
     assert "playground: admin" in page.locator("body").inner_text()
 
+    # A copy of pirate under another name, registered as a user would, to have a fourth adapter.
+    page.goto(url + "/models/register/")
+    page.get_by_label("Adapter").check()
+    page.fill("#id_name", "pirate-2")
+    page.select_option("#id_connection", label="Demo store")
+    page.fill("#id_location", "adapters/pirate")
+    page.get_by_role("button", name="Save").click()
+    page.locator('#status [data-status="ready"]').wait_for(timeout=60_000)
+
+    # The defaults gave two slots: a third and a fourth adapter attach to the live server without a restart.
     page.goto(url + "/deployments/")
     page.get_by_role("link", name="demo").click()
+    starts = page.locator("#live li", has_text="Started the server").count()
+    for adapter in ("robot", "pirate-2"):
+        page.select_option('select[name="adapter"]', label=f"{adapter} (r=8)")
+        page.get_by_role("button", name="Attach without restart").click()
+        page.locator(f'#live [data-adapter="{adapter}"][data-state="loaded"]').wait_for(timeout=120_000)
+    # Two live refreshes later every adapter still has its Detach button, and no server was started again.
+    page.evaluate("window.swaps = 0; document.body.addEventListener('htmx:afterRequest', () => window.swaps++)")
+    page.wait_for_function("window.swaps >= 4", timeout=15_000)  # the adapters' section and the log, twice each
+    assert page.locator("#live [data-adapter] button", has_text="Detach").count() == 4
+    assert page.locator("#live li", has_text="Started the server").count() == starts, "attaching restarted nothing"
+
+    # The log opens at its newest line and leaves out the console's own health checks until asked for them.
+    lines = page.locator("#log-lines")
+    lines.wait_for(timeout=15_000)
+    page.wait_for_function(
+        "(el => el.scrollTop + el.clientHeight >= el.scrollHeight - 2)(document.getElementById('log-lines'))",
+        timeout=15_000,
+    )
+    assert "GET /health" not in lines.inner_text() and "health check" in page.locator("#log-summary").inner_text()
+    page.check("#log-health-checks")
+    page.locator("#log-lines", has_text="GET /health").wait_for(timeout=15_000)
+
     page.get_by_role("button", name="Stop").click()
     page.locator('#live [data-status="stopped"]').wait_for(timeout=60_000)
+    # Stopped, the page still shows the timeline and the adapters (waiting for the server), and the log.
+    assert page.locator("#live li", has_text="Stopped").count() >= 1
+    assert page.locator('#live [data-adapter="robot"][data-state="waiting"]').count() == 1
+    assert page.locator("#log-lines").count() == 1

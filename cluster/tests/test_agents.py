@@ -81,6 +81,11 @@ def test_two_agents_register_report_and_receive_only_their_own_fetches(cast, s3_
     )
     assert not CachedArtifact.objects.filter(node=beta).exists()
     wait_for(lambda: node("alpha").cache_used_bytes > 0, timeout=10, what="alpha to report its cache usage")
+    # Read once per runtime version in the background (about ten seconds), then carried by every report.
+    wait_for(
+        lambda: node("alpha").runtimes[0].get("flags", {}).get("--max-num-seqs") == {"takes": "int"}, timeout=90,
+        what="alpha to report the flags its vLLM knows",
+    )  # fmt: skip
 
 
 def test_a_node_that_stops_reporting_goes_offline_and_comes_back(cast, agents):

@@ -103,3 +103,28 @@ class DeploymentUpdateSerializer(serializers.Serializer):
         help_text="How many adapters may be attached. Changing only this makes no new revision: the server keeps "
         "max_loras adapters in a batch and loads the others from disk when asked for them.",
     )  # fmt: skip
+
+
+class DeploymentRevisionSerializer(serializers.Serializer):
+    """A revision as the history lists it (a deployments.revisions.Entry): its arguments and resources,
+    who made it and when, and what changed since the revision before it."""
+
+    number = serializers.IntegerField(source="revision.number")
+    current = serializers.BooleanField(help_text="Whether this is the revision the deployment has now.")
+    node = serializers.CharField(source="revision.node.name", allow_null=True, help_text="Null if it was removed.")
+    accelerator_indices = serializers.ListField(child=serializers.IntegerField(), source="revision.accelerator_indices")
+    settings = serializers.DictField(source="revision.settings")
+    extra_args = serializers.CharField(source="revision.extra_args")
+    extra_env = serializers.CharField(source="revision.extra_env")
+    restores = serializers.IntegerField(
+        source="revision.restores", allow_null=True, help_text="The revision this one rolled back to, if it did."
+    )
+    created_by = serializers.CharField(source="revision.created_by.username", allow_null=True)
+    created_at = serializers.DateTimeField(source="revision.created_at")
+    changes = serializers.ListField(
+        child=serializers.CharField(), help_text="What changed since the revision before, one phrase per change."
+    )
+
+
+class RollbackSerializer(serializers.Serializer):
+    revision = serializers.IntegerField(min_value=1, help_text="The number of the revision to roll back to.")

@@ -8,14 +8,18 @@ from rest_framework.response import Response
 
 from accounts.access import get_for, workspace_for_write
 from config.api import validated
-from deployments import services
+from config.vault import unseal
+from deployments import logs, revisions, services
 from deployments.api.filters import DeploymentFilter
+from deployments.api.logs import DeploymentLogSerializer, LogQuerySerializer, log_query
 from deployments.api.serializers import (
     AdapterChoiceSerializer,
     DeploymentCreateSerializer,
     DeploymentDetailSerializer,
+    DeploymentRevisionSerializer,
     DeploymentSerializer,
     DeploymentUpdateSerializer,
+    RollbackSerializer,
 )
 from deployments.models import Deployment
 from registry.models import Artifact
@@ -80,8 +84,31 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         if data:
             deployment = services.deployment_update(
                 deployment=deployment, **data,
-                allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
+                allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE, user=request.user,
             )  # fmt: skip
+        return Response(DeploymentSerializer(deployment).data, status=202)
+
+    @extend_schema(responses={200: DeploymentRevisionSerializer(many=True)})
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def revisions(self, request, pk=None):
+        """The deployment's revisions, newest first: who made each, when, and what changed since the one before."""
+        deployment = get_for(request.user, Deployment.objects.all(), pk)
+        history = revisions.history(
+            deployment.revisions.select_related("node", "created_by"), current=deployment.revision
+        )
+        return Response(DeploymentRevisionSerializer(history, many=True).data)
+
+    @extend_schema(request=RollbackSerializer, responses={202: DeploymentSerializer})
+    @action(detail=True, methods=["post"])
+    def rollback(self, request, pk=None):
+        """Makes a new revision with the arguments and resources of an earlier one, checked like any
+        change; the server restarts with it."""
+        deployment = self._writable()
+        number = validated(RollbackSerializer, request).validated_data["revision"]
+        deployment = services.deployment_rollback(
+            deployment=deployment, revision_number=number, user=request.user,
+            allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
+        )  # fmt: skip
         return Response(DeploymentSerializer(deployment).data, status=202)
 
     @extend_schema(request=None, responses={202: DeploymentSerializer})
@@ -125,3 +152,16 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         services.adapter_detach(attached=attached)
         deployment.refresh_from_db()
         return Response(DeploymentSerializer(deployment).data, status=202)
+
+    @extend_schema(parameters=[LogQuerySerializer], responses=DeploymentLogSerializer)
+    @action(detail=True, methods=["get"])
+    def log(self, request, pk=None):
+        """The server log's last lines, the deployment's key masked as ****, without the access
+        lines of the console's own checks unless `health_checks`; `search` filters them."""
+        deployment = get_for(request.user, Deployment.objects.all(), pk)
+        query = log_query(request.query_params)
+        excerpt = logs.read(
+            deployment.log_path, copy=deployment.log_tail, limit=query["lines"], search=query["search"],
+            health_checks=query["health_checks"], secrets=[unseal(deployment.encrypted_api_key).get("api_key", "")],
+        )  # fmt: skip
+        return Response(DeploymentLogSerializer(excerpt).data)

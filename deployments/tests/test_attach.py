@@ -157,3 +157,12 @@ def test_an_adapter_reads_loaded_only_while_its_server_serves(cast, live, client
         api_state, page = shown()
         assert api_state == state, status
         assert f'data-adapter="pirate" data-state="{state}"' in page and f'<span class="small">{label}</span>' in page
+
+
+def test_a_live_refresh_keeps_the_detach_buttons_for_editors_only(cast, live, client):
+    url = f"{live.get_absolute_url()}?partial=live"
+    for user, buttons in ((cast.member, 1), (cast.viewer, 0)):
+        client.force_login(user)
+        refreshed = client.get(url, headers={"HX-Request": "true"}).content.decode()
+        assert refreshed.count(">Detach</button>") == buttons, user
+        assert 'data-adapter="pirate"' in refreshed and "Timeline" in refreshed

@@ -28,6 +28,7 @@ from deployments.vllm_args import (
     ArgumentError,
     ServerSpec,
     build_command,
+    check_against_runtime,
     default_max_lora_rank,
     default_max_loras,
     display,
@@ -669,3 +670,34 @@ def test_more_adapters_than_slots_are_accepted_on_both_devices():
     many = tuple(AdapterSpec(f"a{i}", f"/a{i}", 8) for i in range(6))
     for spec in (cpu_spec(max_loras=1, adapters=many), gpu_spec(max_loras=2, adapters=many)):
         validate(spec)
+
+
+RUNTIME_FLAGS = {
+    "--max-num-seqs": {"takes": "int"}, "--max-num-batched-tokens": {"takes": "int"},
+    "--cpu-offload-gb": {"takes": "float"}, "--enforce-eager": {"takes": "none"}, "--no-enforce-eager": {"takes": "none"},
+    "--compilation-config": {"takes": "text"}, "-O": {"takes": "text"}, "-tp": {"takes": "int"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["--max-num-seqs 8 --enforce-eager", "--max_num_seqs=8", "--max-num-b 512", "--compilation-config.mode 3 -O3",
+     "-tp 2", "--cpu-offload-gb 1.5"],
+)  # fmt: skip
+def test_arguments_the_runtime_knows_pass(text):
+    check_against_runtime(text.split(), RUNTIME_FLAGS, runtime="vLLM 0.32.0 on cpu-1")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("--max-num-seqs 8 --speculative-magic on", "vLLM 0.32.0 on cpu-1 does not know “--speculative-magic”"),
+        ("--max-num 8", "does not know “--max-num”"),  # a prefix of two flags: argparse calls it ambiguous
+        ("--max-num-seqs eight", "argument --max-num-seqs: invalid int value: 'eight'"),
+        ("--max_num_batched_tokens=1e3", "argument --max-num-batched-tokens: invalid int value: '1e3'"),
+        ("--cpu-offload-gb half", "argument --cpu-offload-gb: invalid float value: 'half'"),
+    ],
+)
+def test_arguments_the_runtime_would_refuse_are_refused_in_its_words(text, message):
+    with pytest.raises(ArgumentError, match=re.escape(message)):
+        check_against_runtime(text.split(), RUNTIME_FLAGS, runtime="vLLM 0.32.0 on cpu-1")

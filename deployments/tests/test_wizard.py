@@ -11,7 +11,7 @@ from deployments import vllm_args
 from deployments.models import Deployment
 from registry.demo import DEMO_BASE, demo_register
 from tests.support.deployments import adapter_for_demo, deploy
-from tests.support.nodes import api_as, gpu_node, online_cpu_node
+from tests.support.nodes import CPU_RUNTIME, api_as, gpu_node, online_cpu_node
 
 pytestmark = pytest.mark.demo
 
@@ -234,3 +234,40 @@ def test_a_manual_gpu_placement_without_gpus_is_refused_and_an_automatic_one_tak
     client.post(step("review"), {"next": "1"})
     deployment = Deployment.objects.get(name="on-gpu")
     assert deployment.node == gpu and deployment.device == "cuda" and deployment.accelerator_indices == [0]
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "message"),
+    [
+        ("--no-such-flag 3", "vLLM 0.32.0 on cpu-1 does not know “--no-such-flag”; its parser says: unrecognized"),
+        ("--max-num-batched-tokens many", "argument --max-num-batched-tokens: invalid int value: &#x27;many&#x27;"),
+    ],
+)
+def test_extra_arguments_are_checked_by_the_flags_the_nodes_runtime_reports(cast, client, demo, extra_args, message):
+    flags = {"--max-num-batched-tokens": {"takes": "int"}, "--enforce-eager": {"takes": "none"}}
+    Node.objects.filter(name="cpu-1").update(runtimes=[{**CPU_RUNTIME, "flags": flags}])
+    client.force_login(cast.member)
+    through_adapters(client, demo)
+    client.post(step("resources"), {"placement": "auto", "kv_cache_gib": "1"})
+
+    refused = client.post(step("server"), {"dtype": "auto", "extra_args": extra_args})
+    taken = client.post(step("server"), {"dtype": "auto", "extra_args": "--max-num-batched-tokens 512"})
+
+    assert refused.status_code == 200 and message in field_block(refused.content.decode(), "extra_args")
+    assert taken.status_code == 302 and taken["Location"] == step("review")
+
+
+def test_the_api_refuses_what_the_nodes_runtime_would_and_so_does_an_edit(cast, demo):
+    flags = {"--max-num-seqs": {"takes": "int"}}
+    Node.objects.filter(name="cpu-1").update(runtimes=[{**CPU_RUNTIME, "flags": flags}])
+    api = api_as(cast.member)
+
+    created = deploy(api, demo, extra_args="--no-such-flag 1")
+    pk = deploy(api, demo, extra_args="--max-num-seqs 4").json()["id"]
+    edited = api.patch(f"/api/v1/deployments/{pk}/", {"extra_args": "--max-num-seqs 4 --turbo"}, format="json")
+
+    assert (
+        created.status_code == 400 and "vLLM 0.32.0 on cpu-1 does not know “--no-such-flag”" in created.json()["detail"]
+    )
+    assert edited.status_code == 400 and "does not know “--turbo”" in edited.json()["detail"]
+    assert Deployment.objects.get(pk=pk).revision == 1
