@@ -9,6 +9,8 @@ from cluster.models import CacheLease, Node
 from deployments.vllm_args import DEFAULT_MAX_ADAPTERS
 from registry.models import Artifact
 
+TIMELINE_EVENTS = 50  # events a deployment's page shows
+
 
 class Deployment(models.Model):
     """What should run: a base model with adapters on a node's accelerators,
@@ -91,6 +93,12 @@ class Deployment(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL
+
+    @property
+    def latest_events(self) -> list:
+        """The newest events first, as many as the page shows: the timeline of a server that crashed all
+        night must not grow the page without end (the API's detail gives them all)."""
+        return list(self.events.order_by("-created_at", "-pk")[:TIMELINE_EVENTS])
 
     @property
     def base_url(self) -> str | None:

@@ -47,6 +47,17 @@ def record(deployment_id: int, sample: Sample) -> None:
         log.warning("could not keep server figures of deployment %s: %s", deployment_id, exc)
 
 
+def latest(deployment_id: int, *, max_age: float = 15) -> Sample | None:
+    """The newest sample, if it is at most `max_age` seconds old (the server still reports), else None."""
+    try:
+        raw = client().lindex(_key(deployment_id, WINDOWS["hour"]), 0)
+    except redis.RedisError as exc:
+        log.warning("could not read server figures of deployment %s: %s", deployment_id, exc)
+        return None
+    sample = Sample.from_dict(json.loads(raw)) if raw else None
+    return sample if sample is not None and now() - sample.at <= max_age else None
+
+
 def window(deployment_id: int, span: str = "hour") -> list[Sample]:
     """The samples of the last hour (every one) or day (one a minute), oldest first."""
     try:

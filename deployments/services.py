@@ -197,6 +197,7 @@ def deployment_create(
         raise DomainError(f"An adapter's served name cannot be the deployment's own name “{name}”.")
 
     options = {k: v for k, v in (settings or {}).items() if k in vllm_args.SETTINGS and v not in (None, "")}
+    _check_context(base=base, options=options)
     ranks = [a.rank or 1 for a, _ in served]
     states = accelerator_states()
     device = options.pop("device", None) or _device_for(node, states)
@@ -344,6 +345,24 @@ def server_command(
     except vllm_args.ArgumentError as exc:
         raise DomainError(str(exc)) from None
     return vllm_args.build_command(str(django_settings.PLUGBOARD_VLLM_PYTHON), spec)
+
+
+def max_model_len_problem(*, base: Artifact, max_model_len) -> str | None:
+    """Why vLLM would refuse this max model length for `base` (longer than the model's own context, as
+    its config says), or None. vLLM only says so when the server starts, after the model loaded."""
+    limit = base.context_length
+    if isinstance(max_model_len, int) and limit and max_model_len > limit:
+        return (
+            f"{base.name} allows at most {limit} tokens (its max_position_embeddings); "
+            f"choose {limit} or fewer, or leave it blank."
+        )
+    return None
+
+
+def _check_context(*, base: Artifact, options: dict) -> None:
+    problem = max_model_len_problem(base=base, max_model_len=options.get("max_model_len"))
+    if problem:
+        raise DomainError(problem)
 
 
 def _check_runtime_arguments(*, node: Node, extra_args: str) -> None:
@@ -519,6 +538,7 @@ def deployment_update(
     moved = new_node.pk != deployment.node_id or indices != list(deployment.accelerator_indices)
     given = {k: v for k, v in (settings or {}).items() if k in vllm_args.SETTINGS and k != "device"}
     options = {k: v for k, v in {**deployment.settings, **given}.items() if v not in (None, "")}
+    _check_context(base=deployment.base, options=options)
     extra_args = deployment.extra_args if extra_args is None else extra_args
     extra_env = deployment.extra_env if extra_env is None else extra_env
     attached = list(deployment.adapters.exclude(state=DeploymentAdapter.State.DETACHING).select_related("adapter"))

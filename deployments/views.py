@@ -51,14 +51,23 @@ def _server_figures(deployment: Deployment, span: str) -> dict:
     return {"figures": charts, "latest": samples[-1] if samples else None, "span": span, "samples": len(samples)}
 
 
+def _live_context(request, deployment: Deployment) -> dict:
+    """What the live section needs, on the whole page and on each refresh alike (so a refresh keeps the
+    Detach buttons): who may act, and which adapters the server's last report says are in its running batch."""
+    sample = server_metrics.latest(deployment.pk)
+    return {
+        "deployment": deployment,
+        "can_write": can_write(request.user, deployment.workspace),
+        "running_adapters": set(sample.adapters_running) if sample else set(),
+    }
+
+
 def deployment_detail(request, pk):
     deployment = _deployment_for(request, pk)
     if request.htmx and request.GET.get("partial") == "live":
         if deployment.is_terminal and request.GET.get("terminal") == "1":
             return HttpResponseStopPolling()
-        # The same controls as the whole page: a refresh must not take the Detach buttons away.
-        context = {"deployment": deployment, "can_write": can_write(request.user, deployment.workspace)}
-        return render(request, "deployments/deployment_detail.html#live", context)
+        return render(request, "deployments/deployment_detail.html#live", _live_context(request, deployment))
     if request.GET.get("partial") == "metrics":
         if request.htmx and deployment.is_terminal and request.GET.get("terminal") == "1":
             return HttpResponseStopPolling()
@@ -68,9 +77,8 @@ def deployment_detail(request, pk):
         pk__in=Compatibility.objects.filter(base=deployment.base, compatible=True).values("adapter")
     ).exclude(pk__in=deployment.adapters.values("adapter"))
     context = {
-        "deployment": deployment,
+        **_live_context(request, deployment),
         "attachable": attachable,
-        "can_write": can_write(request.user, deployment.workspace),
         "gateway_url": request.build_absolute_uri("/v1"),
         "revisions": revisions.history(
             deployment.revisions.select_related("node", "created_by"), current=deployment.revision

@@ -155,12 +155,9 @@ class ResourcesForm(StyledForm):
 
     def clean_max_model_len(self):
         value = self.cleaned_data["max_model_len"]
-        limit = self.base.context_length if self.base is not None else None
-        if value and limit and value > limit:
-            raise forms.ValidationError(
-                f"{self.base.name} allows at most {limit} tokens (its max_position_embeddings); "
-                f"choose {limit} or fewer, or leave it blank."
-            )
+        problem = services.max_model_len_problem(base=self.base, max_model_len=value) if self.base else None
+        if problem:
+            raise forms.ValidationError(problem)
         return value
 
     def clean(self):

@@ -246,6 +246,16 @@ def test_the_wizard_deploys_the_demo_model_with_adapters_and_the_page_shows_it_r
     page.check("#log-health-checks")
     page.locator("#log-lines", has_text="GET /health").wait_for(timeout=15_000)
 
+    # Rolling back to revision 1 (before the edit's --max-model-len 1024) redeploys it as revision 3.
+    page.locator('#revisions [data-revision="1"]').get_by_role("button", name="Roll back to this revision").click()
+    assert "Rolled back to revision 1 as revision 3" in page.locator("body").inner_text()
+    page.locator('#live [data-status="restarting"]').wait_for(timeout=60_000)
+    page.locator('#live [data-status="ready"]').wait_for(timeout=240_000)
+    page.reload()
+    assert "--max-model-len 1024" not in page.locator("#command-line").inner_text()
+    assert "max_model_len back to its default (was 1024)" in page.locator('#revisions [data-revision="3"]').inner_text()
+    assert page.locator('#live [data-adapter="pirate-2"][data-state="loaded"]').count() == 1, "adapters stay"
+
     page.get_by_role("button", name="Stop").click()
     page.locator('#live [data-status="stopped"]').wait_for(timeout=60_000)
     # Stopped, the page still shows the timeline and the adapters (waiting for the server), and the log.

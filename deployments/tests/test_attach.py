@@ -12,8 +12,9 @@ from cluster import selectors as cluster_selectors
 from cluster import services as cluster_services
 from cluster.models import CachedArtifact
 from conftest import DEMO_STORE
-from deployments import services
-from deployments.models import Deployment, DeploymentAdapter
+from deployments import server_metrics, services
+from deployments.models import TIMELINE_EVENTS, Deployment, DeploymentAdapter
+from deployments.vllm_metrics import Sample
 from registry.demo import DEMO_BASE, demo_register
 from tests.support.deployments import adapter_for_demo
 from tests.support.nodes import api_as, online_cpu_node
@@ -166,3 +167,31 @@ def test_a_live_refresh_keeps_the_detach_buttons_for_editors_only(cast, live, cl
         refreshed = client.get(url, headers={"HX-Request": "true"}).content.decode()
         assert refreshed.count(">Detach</button>") == buttons, user
         assert 'data-adapter="pirate"' in refreshed and "Timeline" in refreshed
+
+
+def test_the_page_shows_the_newest_events_and_no_more_than_its_share(cast, live, client):
+    for n in range(TIMELINE_EVENTS + 20):
+        services.event_record(deployment=live, message=f"event number {n}")
+    client.force_login(cast.member)
+
+    page = client.get(f"{live.get_absolute_url()}?partial=live", headers={"HX-Request": "true"}).content.decode()
+
+    timeline = page[page.index("Timeline") :]
+    assert timeline.count("event number") == TIMELINE_EVENTS
+    assert f"event number {TIMELINE_EVENTS + 19}" in timeline and "event number 0<" not in timeline
+    assert timeline.index(f"event number {TIMELINE_EVENTS + 19}") < timeline.index(f"event number {TIMELINE_EVENTS}")
+
+
+def test_the_page_says_which_adapters_the_server_runs_now_and_what_it_keeps_in_memory(cast, live, client):
+    client.force_login(cast.member)
+    url = f"{live.get_absolute_url()}?partial=live"
+
+    server_metrics.record(live.pk, Sample(at=server_metrics.now() - 60, adapters_running=["demo:pirate"]))
+    stale = client.get(url, headers={"HX-Request": "true"}).content.decode()
+    server_metrics.record(live.pk, Sample(at=server_metrics.now(), adapters_running=["demo:pirate"]))
+    fresh = client.get(url, headers={"HX-Request": "true"}).content.decode()
+
+    assert "in the running batch" not in stale, "a report a minute old says nothing about now"
+    assert fresh.count("in the running batch") == 1
+    assert "runs up to 4 adapters in one batch and keeps 4 in memory" in fresh
+    assert "Up to 100 may be attached." in fresh

@@ -271,3 +271,16 @@ def test_the_api_refuses_what_the_nodes_runtime_would_and_so_does_an_edit(cast, 
     )
     assert edited.status_code == 400 and "does not know “--turbo”" in edited.json()["detail"]
     assert Deployment.objects.get(pk=pk).revision == 1
+
+
+def test_the_api_and_an_edit_refuse_a_context_longer_than_the_models(cast, demo):
+    api = api_as(cast.member)
+    limit = "smollm2-135m-instruct allows at most 8192 tokens (its max_position_embeddings)"
+
+    created = deploy(api, demo, settings={"kv_cache_bytes": 1 << 30, "max_model_len": 9000})
+    pk = deploy(api, demo, settings={"kv_cache_bytes": 1 << 30, "max_model_len": 8192}).json()["id"]
+    edited = api.patch(f"/api/v1/deployments/{pk}/", {"settings": {"max_model_len": 16384}}, format="json")
+
+    assert created.status_code == 400 and created.json()["detail"].startswith(limit)
+    assert edited.status_code == 400 and edited.json()["detail"].startswith(limit)
+    assert Deployment.objects.get(pk=pk).settings["max_model_len"] == 8192
