@@ -200,7 +200,7 @@ def deployment_create(
     _check_context(base=base, options=options)
     ranks = [a.rank or 1 for a, _ in served]
     states = accelerator_states()
-    device = options.pop("device", None) or _device_for(node, states)
+    device = options.pop("device", None) or device_for(node, states)
     if device == "cuda":
         options.setdefault("tensor_parallel_size", max(1, len(accelerator_indices or ())) if node else 1)
     try:
@@ -284,7 +284,7 @@ def accelerator_states(*, excluding: Deployment | None = None) -> list[placement
     ]
 
 
-def _device_for(node: Node | None, states: list[placement.AcceleratorState]) -> str:
+def device_for(node: Node | None, states: list[placement.AcceleratorState]) -> str:
     """GPUs where the node (or, for automatic placement, any online node) has them, else the CPU."""
     gpus = [s for s in states if s.kind == "gpu" and (s.node == node.name if node else s.node_online)]
     return "cuda" if gpus else "cpu"
@@ -634,7 +634,7 @@ def _check_move(*, deployment: Deployment, node: Node, indices: list[int], optio
     if not node.is_online:
         raise DomainError(f"The node {node.name} is offline: its agent has not reported for a while.")
     states = accelerator_states(excluding=deployment)
-    device = _device_for(node, states)
+    device = device_for(node, states)
     for key in vllm_args.CPU_ONLY_SETTINGS if device == "cuda" else vllm_args.GPU_ONLY_SETTINGS:
         options.pop(key, None)
     if device == "cuda":

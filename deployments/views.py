@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
@@ -189,6 +190,20 @@ def deploy_wizard_start(request):
     return redirect("deployments:wizard", step="base")
 
 
+def deploy_wizard_preflight(request):
+    """The resources step's estimate for the values in its fields now (htmx, as they change): only
+    the fields that are valid count, the others keep what the step holds."""
+    data = request.session.get(WIZARD, {})
+    if "base" not in data:
+        raise Http404
+    base = get_for(request.user, Artifact.objects.all(), data["base"]["base"])
+    form = wizard.ResourcesForm(request.GET, base=base)
+    form.is_valid()
+    typed = {name: form.cleaned_data[name] for name in form.fields if name in form.cleaned_data}
+    answers = {**data, "resources": {**data.get("resources", {}), **wizard.stored(typed)}}
+    return render(request, "deployments/wizard.html#preflight", {"preflight": wizard.preflight(answers, base)})
+
+
 def deploy_wizard(request, step: str):
     """The five-step deploy wizard; answers are kept in the session until Deploy
     (Back and the steps' own URLs resume them; deploy_wizard_start forgets them)."""
@@ -256,6 +271,7 @@ def deploy_wizard(request, step: str):
         context["rows"] = wizard.adapter_rows(base, shown)
     elif step == "resources":
         context["preflight"] = wizard.preflight(data, base)
+        context["node_kinds_json"] = json.dumps(wizard.node_kinds())
     elif step == "server":
         try:
             context["node"], _, _ = wizard.resolve_placement(data, base)

@@ -321,6 +321,17 @@ def settings_of(data: dict, device: str) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def node_kinds() -> dict:
+    """{node id: "gpu" or "cpu"} for the resources step's script, which shows only the fields that
+    apply where the deployment would go; "auto" is the kind automatic placement picks."""
+    states = services.accelerator_states()
+    kinds = {
+        str(node.pk): "gpu" if services.device_for(node, states) == "cuda" else "cpu" for node in Node.objects.all()
+    }
+    kinds["auto"] = "gpu" if services.device_for(None, states) == "cuda" else "cpu"
+    return kinds
+
+
 def preflight(data: dict, base: Artifact) -> list[dict]:
     """Per accelerator of every node: whether the deployment fits, and why (the resources step's table)."""
     rows = []
@@ -352,7 +363,7 @@ def resolve_placement(data: dict, base: Artifact) -> tuple[Node, str, list[int]]
     chosen = None
     if resources.get("placement") == "manual" and resources.get("node"):
         chosen = Node.objects.get(pk=resources["node"])
-    device = services._device_for(chosen, states)
+    device = services.device_for(chosen, states)
     options = settings_of(data, device)
     need = services.memory_estimate(base=base, device=device, options=options).needed
     try:

@@ -27,3 +27,29 @@ document.addEventListener("htmx:afterSettle", () => {
     pane.scrollTop = kept == null ? pane.scrollHeight : kept;
   });
 });
+
+// The deploy wizard's resources step shows only the fields that apply where the deployment would go:
+// the node and GPU pickers under manual placement, GPU fields on a GPU node, CPU fields on a CPU node.
+// The container's data-node-kinds maps node ids (and "auto", automatic placement) to "gpu" or "cpu".
+const showApplicableResources = () => {
+  const box = document.getElementById("resources-fields");
+  if (!box) return;
+  const kinds = JSON.parse(box.dataset.nodeKinds || "{}");
+  const placement = box.querySelector('input[name="placement"]:checked');
+  const manual = placement && placement.value === "manual";
+  const node = box.querySelector('select[name="node"]');
+  const kind = manual && node && node.value ? kinds[node.value] : kinds.auto;
+  const show = (name, visible) => {
+    const field = document.getElementById(`field-${name}`);
+    if (field) field.hidden = !visible;
+  };
+  show("node", manual);
+  show("gpus", manual && kind === "gpu");
+  show("gpu_memory_utilization", kind === "gpu");
+  show("kv_cache_gib", kind === "cpu");
+  show("cpu_threads", kind === "cpu");
+};
+showApplicableResources();
+document.addEventListener("change", (event) => {
+  if (event.target.closest && event.target.closest("#resources-fields")) showApplicableResources();
+});

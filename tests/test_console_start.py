@@ -136,6 +136,18 @@ def test_the_wizard_deploys_the_demo_model_with_adapters_and_the_page_shows_it_r
     page.locator('[data-adapter="json-answer"] input[type=checkbox]').check()
     page.get_by_role("button", name="Next").click()
     assert page.locator('tr[data-fits="true"]').count() >= 1, "the local CPU fits the demo model"
+    # Only the fields that apply show: automatic placement on a CPU node hides the node picker and GPU fields.
+    assert page.locator("#field-node").is_hidden() and page.locator("#field-gpu_memory_utilization").is_hidden()
+    assert page.locator("#field-kv_cache_gib").is_visible()
+    page.get_by_label("Manual").check()
+    page.locator("#field-node").wait_for(state="visible")
+    page.get_by_label("Automatic").check()
+    page.locator("#field-node").wait_for(state="hidden")
+    # The estimate follows the fields as they are typed.
+    page.fill("#id_kv_cache_gib", "100")
+    page.locator('#preflight tr[data-fits="false"]').wait_for(timeout=10_000)
+    page.fill("#id_kv_cache_gib", "1")
+    page.locator('#preflight tr[data-fits="true"]').wait_for(timeout=10_000)
     page.get_by_role("button", name="Next").click()
     assert "vLLM 0.32.0" in page.locator("#runtimes").inner_text(), "the runtime installed on the node"
     page.get_by_role("button", name="Next").click()

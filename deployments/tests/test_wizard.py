@@ -284,3 +284,23 @@ def test_the_api_and_an_edit_refuse_a_context_longer_than_the_models(cast, demo)
     assert created.status_code == 400 and created.json()["detail"].startswith(limit)
     assert edited.status_code == 400 and edited.json()["detail"].startswith(limit)
     assert Deployment.objects.get(pk=pk).settings["max_model_len"] == 8192
+
+
+def test_the_preflight_follows_the_fields_as_they_change(cast, client, demo):
+    client.force_login(cast.member)
+    through_adapters(client, demo)
+    page = client.get(step("resources")).content.decode()
+    cpu_1 = Node.objects.get(name="cpu-1").pk
+    assert f"&quot;{cpu_1}&quot;: &quot;cpu&quot;" in page and "&quot;auto&quot;: &quot;cpu&quot;" in page
+
+    def preflight(**fields):
+        response = client.get(reverse("deployments:wizard_preflight"), {"placement": "auto", **fields})
+        assert response.status_code == 200
+        return response.content.decode()
+
+    assert 'data-fits="true"' in preflight(kv_cache_gib="1")
+    too_big = preflight(kv_cache_gib="100")
+    assert 'data-fits="false"' in too_big and 'data-fits="true"' not in too_big
+    assert 'data-fits="true"' in preflight(kv_cache_gib="not a number")  # a field being typed counts once valid
+    client.logout()
+    assert client.get(reverse("deployments:wizard_preflight")).status_code == 302  # signed-in users only
