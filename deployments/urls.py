@@ -10,6 +10,7 @@ urlpatterns = [
     path("deployments/", views.deployment_list, name="list"),
     path("deployments/new/", views.deploy_wizard_start, name="wizard_start"),
     path("deployments/new/preflight/", views.deploy_wizard_preflight, name="wizard_preflight"),
+    path("deployments/<int:pk>/duplicate/", views.deploy_wizard_duplicate, name="duplicate"),
     path("deployments/new/<str:step>/", views.deploy_wizard, name="wizard"),
     path("deployments/<int:pk>/", views.deployment_detail, name="detail"),
     path("deployments/<int:pk>/log/", views.deployment_log, name="log"),

@@ -190,6 +190,15 @@ def deploy_wizard_start(request):
     return redirect("deployments:wizard", step="base")
 
 
+def deploy_wizard_duplicate(request, pk):
+    """A new wizard holding everything one deployment has (base, adapters, node, settings), under a new
+    name: each step can still be changed, and Deploy checks it all again."""
+    deployment = _deployment_for(request, pk)
+    request.session[WIZARD] = wizard.answers_from(deployment)
+    messages.info(request, f"A copy of {deployment.name}: change what you need, then deploy it.")
+    return redirect("deployments:wizard", step="base")
+
+
 def deploy_wizard_preflight(request):
     """The resources step's estimate for the values in its fields now (htmx, as they change): only
     the fields that are valid count, the others keep what the step holds."""

@@ -288,6 +288,33 @@ class ServerStepForm(ServerForm):
         return data
 
 
+def answers_from(deployment) -> dict:
+    """The wizard's answers that would make `deployment` again ("Duplicate"): its base under a new
+    name, its adapters and served names, its node and GPUs (placed by hand), and its settings."""
+    settings = deployment.settings
+    kv_cache = settings.get("kv_cache_bytes")
+    indices = list(deployment.accelerator_indices)
+    resources = {
+        "placement": "manual", "node": deployment.node_id, "gpus": ",".join(map(str, indices)), "gpu_indices": indices,
+        "max_model_len": settings.get("max_model_len"), "gpu_memory_utilization": settings.get("gpu_memory_utilization"),
+        "kv_cache_gib": kv_cache / GiB if kv_cache else None, "cpu_threads": settings.get("cpu_threads") or "",
+    }  # fmt: skip
+    server_fields = ("dtype", "tensor_parallel_size", "max_loras", "max_lora_rank", "max_cpu_loras")
+    server = {key: settings.get(key) for key in server_fields}
+    server |= {
+        "enable_prefix_caching": bool(settings.get("enable_prefix_caching")),
+        "enforce_eager": bool(settings.get("enforce_eager")),
+        "extra_args": deployment.extra_args, "extra_env": deployment.extra_env,
+    }  # fmt: skip
+    attached = deployment.adapters.exclude(state="detaching")
+    return {
+        "base": {"base": deployment.base_id, "name": f"{deployment.name}-copy"[:63]},
+        "adapters": {str(a.adapter_id): a.served_name for a in attached},
+        "resources": resources,
+        "server": server,
+    }
+
+
 def chosen_adapters(data: dict) -> list[tuple[Artifact, str]]:
     ids = {int(k): v for k, v in data.get("adapters", {}).items()}
     return [(a, ids[a.pk]) for a in Artifact.objects.filter(pk__in=ids).order_by("name")]

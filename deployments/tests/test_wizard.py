@@ -304,3 +304,27 @@ def test_the_preflight_follows_the_fields_as_they_change(cast, client, demo):
     assert 'data-fits="true"' in preflight(kv_cache_gib="not a number")  # a field being typed counts once valid
     client.logout()
     assert client.get(reverse("deployments:wizard_preflight")).status_code == 302  # signed-in users only
+
+
+def test_duplicate_opens_a_wizard_holding_the_deployment_under_a_new_name(cast, client, demo):
+    original = deploy(
+        api_as(cast.member), demo, settings={"kv_cache_bytes": 2 << 30, "max_model_len": 1024},
+        extra_args="--max-num-seqs 4",
+    ).json()  # fmt: skip
+    client.force_login(cast.member)
+
+    opened = client.get(reverse("deployments:duplicate", args=[original["id"]]))
+    assert opened["Location"] == step("base")
+    assert 'value="demo-copy"' in client.get(step("base")).content.decode()
+    review = client.get(step("review")).content.decode()
+    assert "demo-copy:pirate" in review and "--max-num-seqs 4" in review and "--max-model-len 1024" in review
+
+    deployed = client.post(step("review"), {})
+
+    copy = Deployment.objects.get(name="demo-copy")
+    assert deployed["Location"] == copy.get_absolute_url()
+    assert copy.settings["kv_cache_bytes"] == 2 << 30 and copy.settings["max_model_len"] == 1024
+    assert copy.extra_args == "--max-num-seqs 4" and copy.node.name == "cpu-1"
+    assert [a.served_name for a in copy.adapters.all()] == ["pirate"]
+    client.force_login(cast.outsider)
+    assert client.get(reverse("deployments:duplicate", args=[original["id"]])).status_code == 404
