@@ -93,6 +93,32 @@ def tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
         return ""
 
 
+# What a model server keeps of the node agent's environment: what finds programs and the GPU's libraries,
+# set by whoever runs the node. Never the console's own settings (database URL, secret key) or anyone's
+# credentials: the server runs a workspace's model and arguments, and must not read them.
+INHERITED_ENV = (
+    "PATH",
+    "LD_LIBRARY_PATH",
+    "CUDA_HOME",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "TZ",
+    "LANG",
+)
+
+
+def server_environment(*, home: Path, additions: dict[str, str]) -> dict[str, str]:
+    """The environment a model server starts with, built from scratch: INHERITED_ENV, a HOME of its own
+    (vLLM and torch keep their caches there), and what the console sets for it (vllm_args.build_command:
+    devices, threads, the plugin, the user's allowed variables)."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("LANG", "C.UTF-8")
+    env["HOME"] = str(home)
+    return {**env, **additions}
+
+
 # The line a Python exception ends with: "ValueError: ...", "torch.OutOfMemoryError: ...".
 _EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt)): (.+)$")
 
@@ -316,12 +342,13 @@ class Supervisor:
             allow_trust_remote_code=True,
         )  # fmt: skip
         log_path = self.log_dir / f"{d.name}.log"
+        env = server_environment(home=self.log_dir.parent / "homes" / d.name, additions=env_additions)
         with open(log_path, "ab") as log_file:
             log_file.write(f"\n==== starting revision {d.revision} at {timezone.now().isoformat()} ====\n".encode())
             log_file.flush()
             # Its own session: the server outlives an agent restart, and a signal to its group stops all its processes.
             process = subprocess.Popen(
-                argv, env={**os.environ, **env_additions}, stdout=log_file, stderr=subprocess.STDOUT,
+                argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
             )  # fmt: skip
         services.adapter_mark(attached=loaded, state=DeploymentAdapter.State.LOADED)

@@ -130,3 +130,21 @@ def test_the_first_restart_is_attempt_1_and_says_why(cast, tmp_path):
         "The server process exited. Cause: ValueError: the model's context is 8192 tokens. "
         "Restarting in 1 s (attempt 1)."
     )
+
+
+def test_a_server_starts_from_a_clean_environment_with_a_home_of_its_own(tmp_path, monkeypatch):
+    for name, value in {"DATABASE_URL": "postgres://u:p@db/x", "PLUGBOARD_SECRET_KEY": "s", "AWS_SECRET_ACCESS_KEY": "k",
+                        "DJANGO_SETTINGS_MODULE": "config.settings", "PATH": "/opt/bin:/usr/bin",
+                        "LD_LIBRARY_PATH": "/usr/local/cuda/lib64"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("TZ", raising=False)
+
+    env = supervisor.server_environment(
+        home=tmp_path / "homes" / "demo", additions={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PATH": "/x"}
+    )
+
+    assert env == {
+        "PATH": "/x", "LD_LIBRARY_PATH": "/usr/local/cuda/lib64", "LANG": env["LANG"],
+        "HOME": str(tmp_path / "homes" / "demo"), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+    }  # fmt: skip
+    assert (tmp_path / "homes" / "demo").is_dir()

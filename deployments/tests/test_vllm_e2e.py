@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import openai
 import pytest
@@ -122,6 +123,14 @@ class Journey:
         wait_for(lambda: self.status() == "ready", timeout=300, every=1, what="the deployment to be ready")
         deployment = self.deployment
         assert deployment.settings["max_loras"] == 2 and "max_cpu_loras" not in deployment.settings, "the defaults"
+        # The server starts from an environment of its own: nothing of the node agent's settings or secrets.
+        environ = dict(
+            item.split("=", 1)
+            for item in Path(f"/proc/{deployment.pid}/environ").read_text().split("\0")
+            if "=" in item
+        )
+        assert not {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "PLUGBOARD_SECRET_KEY"} & environ.keys()
+        assert environ["HOME"].endswith("/homes/demo") and environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
         assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}
         base, pirate = ask(deployment, "demo"), ask(deployment, "demo:pirate")
         assert "Paris" in base and "Arr" not in base and not base.lstrip().startswith("{")
