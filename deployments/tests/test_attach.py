@@ -11,22 +11,15 @@ import pytest
 from cluster import selectors as cluster_selectors
 from cluster import services as cluster_services
 from cluster.models import CachedArtifact
-from conftest import DEMO_STORE
 from deployments import server_metrics, services
 from deployments.models import TIMELINE_EVENTS, Deployment, DeploymentAdapter
 from deployments.vllm_metrics import Sample
-from registry.demo import DEMO_BASE, demo_register
+from registry.demo import DEMO_BASE
 from tests.support.deployments import adapter_for_demo
-from tests.support.nodes import api_as, online_cpu_node
+from tests.support.nodes import api_as
 
 pytestmark = [pytest.mark.demo, pytest.mark.django_db(transaction=True)]
 GiB = 1 << 30
-
-
-@pytest.fixture
-def demo(cast, tmp_path) -> dict:
-    online_cpu_node(tmp_path)
-    return {a.name: a for a in demo_register(workspace=cast.team, store=DEMO_STORE)}
 
 
 @pytest.fixture
@@ -121,13 +114,13 @@ def test_adapters_beyond_the_servers_slots_attach_up_to_the_deployments_limit(ca
     assert deployment.adapters.count() == 3
 
 
-def test_the_adapter_limit_changes_through_the_api_without_a_new_revision(cast, live):
+def test_the_adapter_limit_changes_through_the_api_without_a_new_revision(cast, demo, live):
     api = api_as(cast.member)
     url = f"/api/v1/deployments/{live.pk}/"
 
     raised = api.patch(url, {"max_adapters": 250}, format="json")
     too_low = api.patch(url, {"max_adapters": 0}, format="json")
-    services.adapter_attach(deployment=live, adapter=demo_register(workspace=cast.team, store=DEMO_STORE)[1])
+    services.adapter_attach(deployment=live, adapter=demo["json-answer"])
     below_attached = api.patch(url, {"max_adapters": 1}, format="json")  # two are attached now
     at_attached = api.patch(url, {"max_adapters": 2}, format="json")
 

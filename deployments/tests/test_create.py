@@ -8,22 +8,14 @@ import pytest
 from django.utils import timezone
 
 from cluster.models import Node
-from conftest import DEMO_STORE
 from deployments import vllm_args
 from deployments.models import Deployment, DeploymentAdapter
-from registry.demo import DEMO_BASE, demo_register
+from registry.demo import DEMO_BASE
 from tests.support.deployments import adapter_for_demo, deploy
-from tests.support.nodes import api_as, gpu_node, online_cpu_node
+from tests.support.nodes import api_as, gpu_node
 
 pytestmark = pytest.mark.demo
 GiB = 1 << 30
-
-
-@pytest.fixture
-def demo(cast, tmp_path):
-    artifacts = {a.name: a for a in demo_register(workspace=cast.team, store=DEMO_STORE)}
-    online_cpu_node(tmp_path)
-    return artifacts
 
 
 def refused(response, fragment: str) -> None:

@@ -25,13 +25,6 @@ pytestmark = pytest.mark.demo
 GiB = 1 << 30
 
 
-@pytest.fixture
-def demo(cast, tmp_path):
-    artifacts = {a.name: a for a in demo_register(workspace=cast.team, store=DEMO_STORE)}
-    online_cpu_node(tmp_path)
-    return artifacts
-
-
 def patch(api, pk, body):
     return api.patch(f"/api/v1/deployments/{pk}/", body, format="json")
 
