@@ -20,6 +20,7 @@ PENDING, FETCHING, STARTING, READY = "pending", "fetching", "starting", "ready"
 DEGRADED, RESTARTING, STOPPING, STOPPED, FAILED = "degraded", "restarting", "stopping", "stopped", "failed"
 STATES = (PENDING, FETCHING, STARTING, READY, DEGRADED, RESTARTING, STOPPING, STOPPED, FAILED)
 RUNNING = frozenset({PENDING, FETCHING, STARTING, READY, DEGRADED, RESTARTING})
+SERVING = frozenset({READY, DEGRADED})  # its server answers: it has an uptime, and adapters loaded in it
 
 # Each state, and the states a deployment may come to it from.
 SOURCES: dict[str, frozenset[str]] = {

@@ -6,6 +6,8 @@ from django.urls import reverse
 
 from accounts.models import Workspace
 from cluster.models import CacheLease, Node
+from config.vault import unseal
+from deployments import lifecycle
 from deployments.vllm_args import DEFAULT_MAX_ADAPTERS
 from registry.models import Artifact
 
@@ -95,6 +97,12 @@ class Deployment(models.Model):
         return self.status in self.TERMINAL
 
     @property
+    def api_key(self) -> str:
+        """The key its server answers to (sealed at rest): for the node that starts and calls the server,
+        and to mask it wherever the server's log is shown."""
+        return unseal(self.encrypted_api_key).get("api_key", "")
+
+    @property
     def latest_events(self) -> list:
         """The newest events first, as many as the page shows: the timeline of a server that crashed all
         night must not grow the page without end (the API's detail gives them all)."""
@@ -142,7 +150,7 @@ class DeploymentAdapter(models.Model):
     def shown_state(self) -> str:
         """The state as a person should read it: "loaded" only while its server serves; the adapters
         of a server that is starting, restarting or stopped are "waiting" for it."""
-        serving = self.deployment.status in (Deployment.Status.READY, Deployment.Status.DEGRADED)
+        serving = self.deployment.status in lifecycle.SERVING
         return "waiting" if self.state == self.State.LOADED and not serving else self.state
 
     @property

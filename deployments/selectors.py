@@ -8,11 +8,9 @@ from django.db.models import Q, QuerySet
 
 from accounts.selectors import writable_workspaces_for
 from cluster.selectors import nodes_with_accelerators
+from deployments import lifecycle
 from deployments.models import Deployment, DeploymentEvent
 from registry.models import Artifact
-
-# A server that answers: it has an uptime, and it may be stopped or restarted.
-RUNNING = (Deployment.Status.READY, Deployment.Status.DEGRADED)
 
 
 def deployments_of(user) -> QuerySet[Deployment]:
@@ -30,7 +28,7 @@ def deployment_rows(user) -> list[Deployment]:
     writable = set(writable_workspaces_for(user).values_list("pk", flat=True))
     rows = list(deployments_of(user))
     for deployment in rows:
-        deployment.running = deployment.status in RUNNING
+        deployment.running = deployment.status in lifecycle.SERVING
         deployment.writable = deployment.workspace_id in writable
     return rows
 
@@ -47,7 +45,7 @@ def dashboard_for(user) -> dict:
         .order_by("-created_at", "-pk")[:10]
     )
     return {
-        "running": list(mine.filter(status__in=RUNNING)),
+        "running": list(mine.filter(status__in=lifecycle.SERVING)),
         "failing": list(mine.filter(failing)),
         "nodes": list(nodes_with_accelerators()),
         "events": list(events),

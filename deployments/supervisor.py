@@ -23,8 +23,7 @@ from django.utils import timezone
 from cluster import services as cluster_services
 from cluster.cache import ArtifactCache
 from cluster.models import CachedArtifact, Node
-from config.vault import unseal
-from deployments import server_metrics, services, vllm_args, vllm_metrics
+from deployments import logs, server_metrics, services, vllm_args, vllm_metrics
 from deployments.lifecycle import IllegalTransition
 from deployments.models import Deployment, DeploymentAdapter
 from deployments.vllm_client import ServerError, VllmClient
@@ -84,11 +83,9 @@ def free_port(host: str) -> int:
 
 
 def tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of a server's log (from its last 64 KiB), or "" when it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
-            return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
+        return "\n".join(logs.read_tail(path, 64 * 1024).lines[-lines:])
     except OSError:
         return ""
 
@@ -327,7 +324,7 @@ class Supervisor:
         )  # fmt: skip
 
     def launch(self, d: Deployment, entries: dict[int, CachedArtifact]) -> None:
-        api_key = unseal(d.encrypted_api_key)["api_key"]
+        api_key = d.api_key
         port = free_port(d.node.address)
         loaded = [
             a
@@ -399,7 +396,7 @@ class Supervisor:
         deployment's server changes (another port or process)."""
         held = self._clients.get(d.pk)
         if held is None or held[0] != (d.base_url, d.pid):
-            held = ((d.base_url, d.pid), VllmClient(d.base_url, unseal(d.encrypted_api_key)["api_key"], timeout=5))
+            held = ((d.base_url, d.pid), VllmClient(d.base_url, d.api_key, timeout=5))
             self._clients[d.pk] = held
         return held[1]
 

@@ -16,7 +16,6 @@ from django_htmx.http import HttpResponseStopPolling
 from accounts.access import can_write, get_for, workspace_for_write
 from config import charts as charts_module
 from config.errors import DomainError
-from config.vault import unseal
 from config.views import confirm_delete, errors_on
 from deployments import logs, revisions, selectors, server_metrics, services, wizard
 from deployments.forms import DeploymentEditForm
@@ -297,11 +296,6 @@ def deploy_wizard(request, step: str):
     return render(request, "deployments/wizard.html", context)
 
 
-def _log_secrets(deployment: Deployment) -> list[str]:
-    """The deployment's own key, which vLLM prints among its arguments: masked wherever the log is shown."""
-    return [unseal(deployment.encrypted_api_key).get("api_key", "")]
-
-
 def deployment_log(request, pk):
     """The server log: its last lines, followed while the page is open (htmx polls the `body`
     partial), searched, without the console's own checks unless `health_checks=1`."""
@@ -312,7 +306,7 @@ def deployment_log(request, pk):
     health_checks = request.GET.get("health_checks") == "1"
     excerpt = logs.read(
         deployment.log_path, copy=deployment.log_tail, search=search, health_checks=health_checks,
-        secrets=_log_secrets(deployment),
+        secrets=[deployment.api_key],
     )  # fmt: skip
     context = {
         "deployment": deployment,
@@ -339,7 +333,7 @@ async def _in_thread(chunks):
 def deployment_log_download(request, pk):
     """The whole server log as a text file, streamed a chunk at a time, the deployment's key masked."""
     deployment = _deployment_for(request, pk)
-    secrets = _log_secrets(deployment)
+    secrets = [deployment.api_key]  # vLLM prints it among its arguments
     try:
         chunks = logs.stream(deployment.log_path, secrets=secrets)
     except OSError:  # not on this host: the last lines the node reported are all there is

@@ -17,7 +17,6 @@ from django.utils import timezone
 
 from accounts.models import Membership
 from accounts.services import token_digest
-from config.vault import unseal
 from deployments.models import Deployment, DeploymentAdapter
 from inference.models import InferenceKey, UsageRecord
 
@@ -105,7 +104,7 @@ def workspace_routes(workspace_id: int) -> dict[str, Route]:
     for d in deployments:
         serving = d.status == Deployment.Status.READY and d.port is not None
         upstream = d.base_url if serving else None
-        upstream_key = unseal(d.encrypted_api_key)["api_key"] if serving else None
+        upstream_key = d.api_key if serving else None
         why = "" if serving else _why_not_ready(d)
         wait = RETRY_AFTER.get(d.status, RETRY_AFTER_DEFAULT) if why else None
         common = dict(

@@ -8,7 +8,6 @@ from rest_framework.response import Response
 
 from accounts.access import get_for, workspace_for_write
 from config.api import validated
-from config.vault import unseal
 from deployments import logs, revisions, services
 from deployments.api.filters import DeploymentFilter
 from deployments.api.logs import DeploymentLogSerializer, LogQuerySerializer, log_query
@@ -162,6 +161,6 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         query = log_query(request.query_params)
         excerpt = logs.read(
             deployment.log_path, copy=deployment.log_tail, limit=query["lines"], search=query["search"],
-            health_checks=query["health_checks"], secrets=[unseal(deployment.encrypted_api_key).get("api_key", "")],
+            health_checks=query["health_checks"], secrets=[deployment.api_key],
         )  # fmt: skip
         return Response(DeploymentLogSerializer(excerpt).data)
