@@ -3,7 +3,7 @@ a read-only member trying to write is 403."""
 
 from __future__ import annotations
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Model, QuerySet
 from django.http import Http404
 
@@ -16,7 +16,10 @@ def get_for(user, queryset: QuerySet, pk, *, write: bool = False, via: str = "wo
     """Returns the row `pk` of `queryset` if `user` is a member of its workspace
     (the field path `via`, e.g. "artifact__workspace"); with `write`, only for
     owners and editors."""
-    obj = queryset.filter(**{"pk": pk, f"{via}__memberships__user": user}).first()
+    try:
+        obj = queryset.filter(**{"pk": pk, f"{via}__memberships__user": user}).first()
+    except (ValueError, TypeError, ValidationError):  # "x1" for a numeric id: no such object, not a 500
+        raise Http404 from None
     if obj is None:
         raise Http404
     workspace = obj

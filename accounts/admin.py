@@ -18,5 +18,6 @@ class WorkspaceAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ["name", "user", "prefix", "created_at", "last_used_at"]
+    list_display = ["name", "user", "prefix", "scope", "expires_at", "created_at", "last_used_at"]
+    list_filter = ["scope"]
     readonly_fields = ["prefix", "digest"]

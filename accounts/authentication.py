@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from rest_framework import authentication, exceptions
 
-from accounts.services import api_token_authenticate
+from accounts.services import api_token_check
+from config.errors import DomainError
 
 
 class ApiTokenAuthentication(authentication.BaseAuthentication):
-    """`Authorization: Bearer pbt_...` with a personal API token."""
+    """`Authorization: Bearer pbt_...` with a personal API token; `request.auth`
+    is the token, whose scope accounts.permissions.TokenScope checks."""
 
     keyword = "Bearer"
 
@@ -16,10 +18,11 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
             return None
         if len(header) != 2:
             raise exceptions.AuthenticationFailed("Send the token as `Authorization: Bearer <token>`.")
-        user = api_token_authenticate(raw=header[1])
-        if user is None:
-            raise exceptions.AuthenticationFailed("This API token is unknown or was revoked.")
-        return user, None
+        try:
+            token = api_token_check(raw=header[1])
+        except DomainError as error:
+            raise exceptions.AuthenticationFailed(error.message) from None
+        return token.user, token
 
     def authenticate_header(self, request) -> str:
         return self.keyword

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class Workspace(models.Model):
@@ -59,8 +60,34 @@ class HashedSecret(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
 
+class TokenScope(models.TextChoices):
+    """What a personal API token may do, each scope including the one before:
+    read: GET (and HEAD, OPTIONS) only; write: everything its owner may do,
+    except administration; admin: also create and revoke tokens, create
+    workspaces, and add, change and remove members."""
+
+    READ = "read", "Read"
+    WRITE = "write", "Write"
+    ADMIN = "admin", "Admin"
+
+    @classmethod
+    def covers(cls, scope: str, needed: str) -> bool:
+        order = list(cls.values)
+        return order.index(scope) >= order.index(needed)
+
+
 class ApiToken(HashedSecret):
     """A personal token for the REST API."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     prefix = models.CharField(max_length=12, help_text="The token's first characters, to tell tokens apart.")
+    scope = models.CharField(
+        max_length=10,
+        choices=TokenScope.choices,
+        default=TokenScope.WRITE,
+        help_text="read: look only; write: change things too; admin: also manage tokens, workspaces and members.",
+    )
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="When it stops working; empty: never.")
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())

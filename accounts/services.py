@@ -2,13 +2,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from accounts.models import ApiToken, Membership, Role, Workspace
+from accounts.models import ApiToken, Membership, Role, TokenScope, Workspace
+from audit.services import audit_record
 from config.errors import DomainError
 
 TOKEN_PREFIX = "pbt_"
@@ -28,6 +30,7 @@ def workspace_create(*, name: str, owner) -> Workspace:
     with transaction.atomic():
         workspace = Workspace.objects.create(name=name, slug=slug)
         Membership.objects.create(workspace=workspace, user=owner, role=Role.OWNER)
+        audit_record(action="workspace.create", target=workspace, workspace=workspace)
     return workspace
 
 
@@ -60,6 +63,7 @@ def membership_set(*, workspace: Workspace, user, role: str) -> Membership:
         if current is not None and role != Role.OWNER:
             _keep_an_owner(current, doing="demoting them")
         membership, _ = Membership.objects.update_or_create(workspace=workspace, user=user, defaults={"role": role})
+        audit_record(action="member.set", target=membership, detail={"user": user.get_username(), "role": role})
     return membership
 
 
@@ -72,38 +76,77 @@ def membership_add(*, workspace: Workspace, username: str, role: str) -> Members
         raise DomainError(f"There is no active user named “{username}”. Check the spelling, or ask an administrator.")
     if Membership.objects.filter(workspace=workspace, user=user).exists():
         raise DomainError(f"{user} is a member of {workspace} already; change their role instead.", status=409)
-    return Membership.objects.create(workspace=workspace, user=user, role=role)
+    with transaction.atomic():
+        membership = Membership.objects.create(workspace=workspace, user=user, role=role)
+        audit_record(action="member.add", target=membership, detail={"user": user.get_username(), "role": role})
+    return membership
 
 
 def membership_remove(*, membership: Membership) -> None:
     """Removes a member from their workspace; refuses to remove its last owner."""
     with transaction.atomic():
         _keep_an_owner(membership, doing="removing them")
+        audit_record(action="member.remove", target=membership, detail={"user": membership.user.get_username()})
         membership.delete()
 
 
-def api_token_create(*, user, name: str) -> tuple[ApiToken, str]:
-    """Creates a personal API token; returns the row and the raw token, which
-    is never stored and cannot be shown again."""
+def api_token_create(*, user, name: str, scope: str = TokenScope.WRITE, expires_at=None) -> tuple[ApiToken, str]:
+    """Creates a personal API token with `scope`, working until `expires_at`
+    (None: until revoked); returns the row and the raw token, which is never
+    stored and cannot be shown again."""
     name = name.strip()
     if not name:
         raise DomainError("Give the token a name, such as the script that will use it.")
+    if scope not in TokenScope.values:
+        raise DomainError(f"Unknown scope “{scope}”; use one of {', '.join(TokenScope.values)}.")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise DomainError("The expiry must be in the future; leave it empty for a token that does not expire.")
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken.objects.create(user=user, name=name, prefix=raw[:10], digest=token_digest(raw))
+    with transaction.atomic():
+        token = ApiToken.objects.create(
+            user=user, name=name, prefix=raw[:10], digest=token_digest(raw), scope=scope, expires_at=expires_at
+        )
+        audit_record(action="token.create", target=token, detail={"scope": scope, "prefix": token.prefix})
     return token, raw
 
 
 def api_token_revoke(*, token: ApiToken) -> None:
-    token.delete()
+    with transaction.atomic():
+        audit_record(action="token.revoke", target=token, detail={"prefix": token.prefix})
+        token.delete()
+
+
+# Recording every use would write to the database on every API request; a minute is precise enough to
+# tell a token in use from one forgotten.
+LAST_USE_PRECISION = timedelta(minutes=1)
+
+
+def api_token_check(*, raw: str) -> ApiToken:
+    """Returns the token `raw` (with its user), recording its use at most once a
+    minute; raises DomainError (401) when it is unknown, revoked, expired or its
+    owner is deactivated."""
+    token = ApiToken.objects.select_related("user").filter(digest=token_digest(raw)).first()
+    if token is None or not token.user.is_active:
+        raise DomainError("This API token is unknown or was revoked.", status=401)
+    now = timezone.now()
+    if token.is_expired(now):
+        raise DomainError(
+            f"This API token expired at {token.expires_at:%Y-%m-%d %H:%M} UTC; create a new one under Settings.",
+            status=401,
+        )
+    if token.last_used_at is None or now - token.last_used_at >= LAST_USE_PRECISION:
+        # Conditional: of several requests at once, one writes.
+        ApiToken.objects.filter(pk=token.pk, last_used_at=token.last_used_at).update(last_used_at=now)
+    return token
 
 
 def api_token_authenticate(*, raw: str):
-    """Returns the user that owns `raw`, or None; records when it was last used."""
-    token = ApiToken.objects.select_related("user").filter(digest=token_digest(raw)).first()
-    if token is None or not token.user.is_active:
+    """Returns the user that owns `raw`, or None when the token does not work
+    (unknown, revoked, expired); records when it was last used."""
+    try:
+        return api_token_check(raw=raw).user
+    except DomainError:
         return None
-    ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-    return token.user
 
 
 def admin_ensure(*, username: str, password: str | None, workspace_name: str) -> tuple[object, bool, str | None]:

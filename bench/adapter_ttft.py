@@ -36,7 +36,10 @@ import time
 import django
 import requests
 
+from config import keys
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+keys.ensure_files(Path(os.environ.get("PLUGBOARD_VAR_DIR", Path(__file__).resolve().parents[1] / "var")))  # as make run
 django.setup()  # vllm_args reads the registry's rules, which live beside its models
 
 from deployments import vllm_args  # noqa: E402

@@ -30,6 +30,7 @@ import time
 
 import aiohttp
 
+from config import keys
 from tests.support.s3_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +57,7 @@ def main() -> int:
     var = Path(tempfile.mkdtemp(prefix="asgi-overhead-"))
     env = {**os.environ, "PLUGBOARD_VAR_DIR": str(var), "DJANGO_SETTINGS_MODULE": "config.settings"}
     os.environ.update(PLUGBOARD_VAR_DIR=str(var), DJANGO_SETTINGS_MODULE="config.settings")
+    keys.ensure_files(var)  # the console's keys, as `make run` writes them
     import django
 
     django.setup()

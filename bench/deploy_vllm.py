@@ -45,6 +45,8 @@ import time
 
 import requests
 
+from config import keys
+
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 POLL = 0.05  # seconds between polls, on both sides
@@ -390,7 +392,7 @@ class Bench:
         return services.server_command(
             name=d.name, device=d.device, indices=d.accelerator_indices, options=d.settings,
             model_path=path(d.base), adapters=[(s, path(a), a.rank or 1) for s, a in adapters],
-            host=d.node.address, port=port, api_key=api_key, extra_args=d.extra_args, extra_env=d.extra_env,
+            host=d.node.address, port=port, api_key=api_key, extra_args=d.extra_args, extra_env=d.env_text,
             allow_trust_remote_code=True,
         )  # fmt: skip
 
@@ -751,6 +753,7 @@ def main() -> int:
         DJANGO_SETTINGS_MODULE="config.settings",
         PLUGBOARD_NODE_HEARTBEAT_SECONDS="1",
     )
+    keys.ensure_files(tmp)  # the console's keys, as `make run` writes them
     store = ROOT / "var" / "demo-store"
     if not (store / "smollm2-135m-instruct" / ".complete").exists():
         print(f"The demo content is not built in {store}; run `make demo` first.", file=sys.stderr)

@@ -3,6 +3,7 @@ description), reading a request's body, filtering a list by its query."""
 
 from __future__ import annotations
 
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework import exceptions, status
@@ -11,6 +12,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from config.errors import DomainError
+from config.parsers import too_large_message
 
 
 def exception_handler(exc, context):
@@ -18,6 +20,8 @@ def exception_handler(exc, context):
     domain errors from services become 400 (or their own status)."""
     if isinstance(exc, DomainError):
         return Response({"detail": exc.message, **exc.extra}, status=exc.status)
+    if isinstance(exc, RequestDataTooBig):  # DRF read request.body, which Django caps (else a bare 400)
+        return Response({"detail": too_large_message()}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
     response = drf_exception_handler(exc, context)

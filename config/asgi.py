@@ -12,7 +12,10 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_application = get_asgi_application()
 
-from inference.gateway.app import Gateway  # noqa: E402 (needs the apps loaded above)
+from config.middleware import RequestBodyLimit  # noqa: E402 (needs the apps loaded above)
+from inference.gateway.app import Gateway  # noqa: E402
+
+django_application = RequestBodyLimit(django_application)
 
 gateway = Gateway()
 

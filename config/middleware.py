@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import json
+
+from django.conf import settings
 from django.contrib.auth.middleware import LoginRequiredMiddleware as DjangoLoginRequired
+from django.http import JsonResponse
+
+from config import ratelimit
 
 
 class LoginRequiredMiddleware(DjangoLoginRequired):
@@ -11,3 +17,82 @@ class LoginRequiredMiddleware(DjangoLoginRequired):
         if request.path_info.startswith("/api/"):
             return None
         return super().process_view(request, view_func, view_args, view_kwargs)
+
+
+class ContentSecurityPolicyMiddleware:
+    """Sends settings.PLUGBOARD_CSP with every answer (Django 5.2 has no CSP of its own): no inline
+    script runs, so an injected `<script>` or `onclick` does nothing."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        response.headers.setdefault("Content-Security-Policy", settings.PLUGBOARD_CSP)
+        return response
+
+
+class ApiRateLimitMiddleware:
+    """Limits the REST API per client address (429 with Retry-After). Here rather than in DRF's throttles:
+    those run after authentication, so requests with wrong tokens (a guesser's) would never be counted.
+    The per-caller limit is a DRF throttle (config/throttles.py), which knows the caller."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path_info.startswith("/api/"):
+            retry_after = ratelimit.hit(ratelimit.limit("api.address"), request.META.get("REMOTE_ADDR", ""))
+            if retry_after is not None:
+                response = JsonResponse(
+                    {"detail": f"Too many requests from this address; try again in {retry_after} seconds."},
+                    status=429,
+                )
+                response["Retry-After"] = str(retry_after)
+                return response
+        return self.get_response(request)
+
+
+class RequestBodyLimit:
+    """ASGI: refuses (413) a request body over DATA_UPLOAD_MAX_MEMORY_SIZE before Django buffers it.
+    Django's ASGI handler reads a whole body into a temporary file before any view runs, and applies the
+    limit only when a view reads request.body: a large or endless chunked upload would fill the disk first.
+    The console takes no file uploads, so no legitimate request comes near the limit. The gateway (/v1/)
+    has its own limit and is not wrapped."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if scope["type"] != "http" or limit is None:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit)
+            return
+        received, refused = 0, False
+
+        async def counted_receive():
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # Answered here; Django sees the client leave and answers nothing.
+                    refused = True
+                    await _too_large(send, limit)
+                    return {"type": "http.disconnect"}
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+async def _too_large(send, limit: int) -> None:
+    body = json.dumps({"detail": f"The request body is over the console's limit of {limit} bytes."}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

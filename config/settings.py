@@ -4,11 +4,15 @@ defaults under which `make run` and `make test` work on a fresh machine
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 from kombu.common import Broadcast
+
+from config import keys
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -17,8 +21,23 @@ env = environ.Env()
 VAR_DIR = Path(env.str("PLUGBOARD_VAR_DIR", default=str(BASE_DIR / "var")))
 
 DEBUG = env.bool("DEBUG", default=False)
-# The default key is for a laptop; production sets SECRET_KEY (and the secrets key below).
-SECRET_KEY = env.str("SECRET_KEY", default="plugboard-insecure-development-key-change-me")
+# pytest sets PYTEST_VERSION for its run and every process the suite starts: the tests get the public
+# development keys and never depend on (or write) a developer's var/ files.
+TESTING = "PYTEST_VERSION" in os.environ
+
+# SECRET_KEY signs sessions and CSRF tokens; PLUGBOARD_SECRETS_KEY (a Fernet key) seals stored credentials
+# (config/vault.py). Each comes from the environment, else VAR_DIR/secret_key and VAR_DIR/secrets_key, which
+# `make run` writes once (config/keys.py). Outside DEBUG a missing key stops the console rather than fall back
+# to a key anyone can read in this repository.
+SECRET_KEY = keys.read(VAR_DIR, "SECRET_KEY", files=not TESTING)
+PLUGBOARD_SECRETS_KEY = keys.read(VAR_DIR, "PLUGBOARD_SECRETS_KEY", files=not TESTING)
+if not (SECRET_KEY and PLUGBOARD_SECRETS_KEY) and not (DEBUG or TESTING):
+    raise ImproperlyConfigured(keys.missing_message([n for n in keys.FILES if not keys.read(VAR_DIR, n)], VAR_DIR))
+SECRET_KEY = SECRET_KEY or keys.DEVELOPMENT_SECRET_KEY
+PLUGBOARD_SECRETS_KEY = PLUGBOARD_SECRETS_KEY or keys.derived_secrets_key(SECRET_KEY)
+# Keys that sealed secrets before the current one (comma-separated): still read, never written, until
+# `manage.py rotate_secrets_key` has re-sealed everything with the current key.
+PLUGBOARD_SECRETS_KEY_OLD = env.list("PLUGBOARD_SECRETS_KEY_OLD", default=[])
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -36,6 +55,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_htmx",
     "template_partials",
+    "audit",
     "accounts",
     "registry",
     "cluster",
@@ -45,11 +65,14 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.middleware.ContentSecurityPolicyMiddleware",
+    "config.middleware.ApiRateLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "audit.context.AuditContextMiddleware",
     "config.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -133,6 +156,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TIMEZONE = TIME_ZONE
+# Periodic work, sent to the control queue by `celery beat`.
+CELERY_BEAT_SCHEDULE = {
+    "usage-rollup": {"task": "inference.tasks.usage_rollup", "schedule": 600.0},
+}
 
 CACHES = {
     "default": {
@@ -147,7 +174,15 @@ REST_FRAMEWORK = {
         "accounts.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated", "accounts.permissions.TokenScope"],
+    # Every body is capped at DATA_UPLOAD_MAX_MEMORY_SIZE, 413 over it (multipart: config/parsers.py).
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "config.parsers.MultiPartParser",
+    ],
+    # Per caller; per address is config.middleware.ApiRateLimitMiddleware, which counts wrong tokens too.
+    "DEFAULT_THROTTLE_CLASSES": ["config.throttles.CallerThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     # Lists with a filterset (django-filter) answer 400 to a query parameter they do not know.
@@ -179,18 +214,43 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
-# Fernet key that encrypts connection secrets at rest. Derived from SECRET_KEY
-# when unset, so a laptop install works; set it explicitly in production.
-PLUGBOARD_SECRETS_KEY = env.str("PLUGBOARD_SECRETS_KEY", default="")
-
-# Folders a local-path connection may read from (an NFS mount, the demo store).
+# Folders a local-path connection may read from (an NFS mount, the demo store). A plain folder is given to
+# every workspace; "folder=slug|slug" gives it to those workspaces only (registry/sources/local.py).
 PLUGBOARD_LOCAL_ROOTS = [Path(p) for p in env.list("PLUGBOARD_LOCAL_ROOTS", default=[str(VAR_DIR / "demo-store")])]
+# What storage and hub endpoints may reach (registry/sources/network.py). Metadata and link-local addresses
+# and the console's own services are refused always. The allowlist (host names, addresses, CIDR networks),
+# when set, is all that is reachable besides; the denylist adds to the refusals. The web server's listen
+# addresses (host:port; 0.0.0.0 means every address) default to where `make run` starts it.
+PLUGBOARD_FETCH_ALLOWLIST = env.list("PLUGBOARD_FETCH_ALLOWLIST", default=[])
+PLUGBOARD_FETCH_DENYLIST = env.list("PLUGBOARD_FETCH_DENYLIST", default=[])
+PLUGBOARD_WEB_ADDRESSES = env.list(
+    "PLUGBOARD_WEB_ADDRESSES",
+    default=[f"{env.str('PLUGBOARD_HOST', default='127.0.0.1')}:{env.int('PLUGBOARD_PORT', default=8000)}"],
+)
+for _address in PLUGBOARD_WEB_ADDRESSES:
+    if not _address.rpartition(":")[2].isdigit():
+        raise ImproperlyConfigured(f"PLUGBOARD_WEB_ADDRESSES: “{_address}” is not host:port.")
 # Pickle-based weights (.bin, .pt) can run code when loaded: refused unless an administrator allows them.
 PLUGBOARD_ALLOW_PICKLE_WEIGHTS = env.bool("PLUGBOARD_ALLOW_PICKLE_WEIGHTS", default=False)
 # --trust-remote-code runs code from a model's repository inside the model server: refused unless allowed.
 PLUGBOARD_ALLOW_TRUST_REMOTE_CODE = env.bool("PLUGBOARD_ALLOW_TRUST_REMOTE_CODE", default=False)
+# vLLM flags a deployment's extra arguments may hold beyond the console's own list (deployments/vllm_args.py,
+# ALLOWED_FLAGS), e.g. "--max-num-partial-prefills,--hf-overrides"; their values are only checked for control
+# characters. Flags the console sets, code flags without PLUGBOARD_ALLOW_TRUST_REMOTE_CODE, and flags that name
+# files or URLs (PATH_FLAGS) stay refused even if listed. Servers check again at every (re)launch.
+PLUGBOARD_ALLOWED_FLAGS = env.list("PLUGBOARD_ALLOWED_FLAGS", default=[])
+# Environment variables a deployment may set beyond the console's own list (ALLOWED_ENV), e.g. "MY_TUNING".
+# A name that says it can load code or read files (LD_*, PYTHON*, *_PATH, *_FILE, *_DIR, *_HOME, *_URL,
+# *_PLUGIN*, *_CONF, ...) stays refused even if listed. Servers check again at every (re)launch.
+PLUGBOARD_ALLOWED_ENV = env.list("PLUGBOARD_ALLOWED_ENV", default=[])
 # A safetensors header larger than this is refused as malformed (real ones are kilobytes to a few MB).
 PLUGBOARD_MAX_SAFETENSORS_HEADER = env.int("PLUGBOARD_MAX_SAFETENSORS_HEADER", default=100 * 1024 * 1024)
+# An artifact listing more files than this is refused at inspection: its manifest is kept in the database.
+PLUGBOARD_MAX_ARTIFACT_FILES = env.int("PLUGBOARD_MAX_ARTIFACT_FILES", default=10_000)
+# Raw usage records (one per request) are kept this many days (at least 8: the usage page's week reads them),
+# hourly totals this many; daily totals stay (inference.services.usage_rollup).
+PLUGBOARD_USAGE_RAW_DAYS = max(8, env.int("PLUGBOARD_USAGE_RAW_DAYS", default=8))
+PLUGBOARD_USAGE_HOURLY_DAYS = env.int("PLUGBOARD_USAGE_HOURLY_DAYS", default=90)
 # Seconds an outside call (S3, the hub) may take before inspection gives up with a message.
 PLUGBOARD_SOURCE_TIMEOUT = env.float("PLUGBOARD_SOURCE_TIMEOUT", default=20.0)
 
@@ -215,3 +275,87 @@ PLUGBOARD_VLLM_PYTHON = Path(env.str("PLUGBOARD_VLLM_PYTHON", default=str(BASE_D
 PLUGBOARD_GATEWAY_MAX_BODY_BYTES = env.int("PLUGBOARD_GATEWAY_MAX_BODY_BYTES", default=4 * 1024 * 1024)
 PLUGBOARD_GATEWAY_CONNECT_TIMEOUT = env.float("PLUGBOARD_GATEWAY_CONNECT_TIMEOUT", default=5.0)
 PLUGBOARD_GATEWAY_READ_TIMEOUT = env.float("PLUGBOARD_GATEWAY_READ_TIMEOUT", default=300.0)
+
+# Rate limits: "requests/seconds" (or just "requests", per minute); 0 turns one off. Counted in Redis across
+# all web processes (config/ratelimit.py); over a limit is 429 with Retry-After. Per address is the client's
+# address as uvicorn sees it: behind a reverse proxy, start uvicorn with --proxy-headers and
+# --forwarded-allow-ips so that it is the caller's and not the proxy's. The defaults stop abuse, not use:
+# a script would have to send dozens of requests a second to reach them.
+
+
+def _rate(name: str, default: str) -> tuple[int, int]:
+    value = env.str(name, default=default)
+    count, _, seconds = value.partition("/")
+    try:
+        rate = int(count), int(seconds or 60)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r}: write requests/seconds, such as 600/60.") from None
+    if rate[0] < 0 or rate[1] < 1:
+        raise ImproperlyConfigured(f"{name}={value!r}: the count must be 0 or more and the seconds 1 or more.")
+    return rate
+
+
+PLUGBOARD_RATE_LIMITS = {
+    # Every POST to the sign-in page, right or wrong, per address.
+    "signin": _rate("PLUGBOARD_RATE_LIMIT_SIGNIN", "60/60"),
+    # The REST API (/api/v1/), per address and per caller (a personal token, or a signed-in user).
+    "api.address": _rate("PLUGBOARD_RATE_LIMIT_API_PER_ADDRESS", "3000/60"),
+    "api.caller": _rate("PLUGBOARD_RATE_LIMIT_API_PER_CALLER", "3000/60"),
+    # The OpenAI-compatible gateway (/v1/), per address and per key (or signed-in user in the playground).
+    "gateway.address": _rate("PLUGBOARD_RATE_LIMIT_GATEWAY_PER_ADDRESS", "12000/60"),
+    "gateway.key": _rate("PLUGBOARD_RATE_LIMIT_GATEWAY_PER_KEY", "6000/60"),
+}
+# Failed sign-ins for one username or from one address before each further one locks it out, for 2, 4, 8...
+# seconds up to the maximum. Failures are forgotten an hour after the last one.
+PLUGBOARD_SIGNIN_FREE_FAILURES = env.int("PLUGBOARD_SIGNIN_FREE_FAILURES", default=5)
+PLUGBOARD_SIGNIN_MAX_LOCK_SECONDS = env.int("PLUGBOARD_SIGNIN_MAX_LOCK_SECONDS", default=900)
+
+# The largest request body the console reads: form posts, and every body of the REST API (413 over it,
+# config/api.py and config/parsers.py). The gateway has its own limit above.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("PLUGBOARD_MAX_BODY_BYTES", default=2 * 1024 * 1024)
+
+# Production hardening. PLUGBOARD_HTTPS says the console is reached over HTTPS (directly, or through a proxy
+# that terminates TLS: then set PLUGBOARD_BEHIND_PROXY too, and have the proxy send X-Forwarded-Proto): cookies
+# are then sent over HTTPS only, plain http is redirected, and browsers are told to insist on HTTPS (HSTS). It
+# is off by default because `make run` serves a laptop over plain http; `manage.py check --deploy` warns while
+# it is off.
+PLUGBOARD_HTTPS = env.bool("PLUGBOARD_HTTPS", default=False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = PLUGBOARD_HTTPS
+SESSION_COOKIE_HTTPONLY = True
+# The CSRF cookie stays readable by scripts: the playground repeats it in X-CSRFToken to the gateway.
+CSRF_COOKIE_HTTPONLY = False
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+SECURE_SSL_REDIRECT = PLUGBOARD_HTTPS and env.bool("PLUGBOARD_SSL_REDIRECT", default=True)
+# Health checks and node agents may reach the console over plain http inside the cluster.
+# The health checks answer over plain http: orchestrators and load balancers probe the process directly.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", *env.list("PLUGBOARD_SSL_REDIRECT_EXEMPT", default=[])]
+SECURE_HSTS_SECONDS = env.int("PLUGBOARD_HSTS_SECONDS", default=31536000 if PLUGBOARD_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("PLUGBOARD_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env.bool("PLUGBOARD_HSTS_PRELOAD", default=False)
+# check --deploy wants HSTS preloading on. Preloading is a promise to browsers' built-in lists that every
+# subdomain will serve HTTPS for good, and hard to take back: only the domain's owner can make it, so it stays
+# an opt-in (PLUGBOARD_HSTS_PRELOAD) and its warning is silenced.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+if env.bool("PLUGBOARD_BEHIND_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# The Content-Security-Policy every page gets (config/middleware.py): scripts and style sheets only from the
+# console itself (no inline script, handler or <style>), no plugins, no framing. Style attributes stay allowed:
+# progress bars and charts set widths and colours from data, and an attribute cannot run code.
+PLUGBOARD_CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "style-src-attr 'unsafe-inline'",
+        "img-src 'self' data:",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)

@@ -2,9 +2,13 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_not_required
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from accounts.views import SignInView
+from config import health
 from deployments.views import dashboard
 from inference.views import playground
 
@@ -15,12 +19,22 @@ api_v1 = [
     path("", include("deployments.api.urls")),
     path("", include("inference.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # The split view serves Swagger UI's start-up script from a URL: the Content-Security-Policy refuses inline ones.
+    path(
+        "docs/",
+        SpectacularSwaggerSplitView.as_view(url_name="api-schema", template_name="api_docs.html"),
+        name="api-docs",
+    ),
 ]
 
 urlpatterns = [
     path("", dashboard, name="home"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    # For load balancers and orchestrators (config/health.py): no sign-in, no detail.
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("login/", SignInView.as_view(), name="login"),
+    # The admin's own sign-in form would bypass the sign-in rate limits: it uses the console's.
+    path("admin/login/", login_not_required(RedirectView.as_view(pattern_name="login", query_string=True))),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("", include("registry.urls")),

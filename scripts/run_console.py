@@ -13,15 +13,33 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+
+from config import keys  # noqa: E402 (needs ROOT on the path)
 
 
-def manage(*args: str) -> None:
-    subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], check=True, cwd=ROOT)
+def manage(*args: str, env: dict[str, str] | None = None, check: bool = True) -> int:
+    argv = [sys.executable, str(ROOT / "manage.py"), *args]
+    return subprocess.run(argv, check=check, cwd=ROOT, env={**os.environ, **(env or {})}).returncode
+
+
+def ensure_keys(var: Path) -> str | None:
+    """Writes SECRET_KEY and PLUGBOARD_SECRETS_KEY to files under `var` when
+    neither the environment nor a file has them, so a laptop starts with no
+    set-up. Returns the key that sealed the stored secrets of a database from
+    before these files existed, which must be re-sealed with the new one; else None."""
+    upgrading = (var / "db.sqlite3").exists() and not keys.read(var, "PLUGBOARD_SECRETS_KEY")
+    # Such a database sealed with a key derived from SECRET_KEY: the one in use then, or the development key.
+    old = keys.derived_secrets_key(keys.read(var, "SECRET_KEY") or keys.DEVELOPMENT_SECRET_KEY)
+    for path in keys.ensure_files(var):
+        print(f"Wrote a new key to {path} (keep it: it signs sign-ins or seals stored credentials)")
+    return old if upgrading else None
 
 
 def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    sys.path.insert(0, str(ROOT))
+    # Before Django starts: its settings refuse to load without these keys outside DEBUG.
+    old_secrets_key = ensure_keys(Path(os.environ.get("PLUGBOARD_VAR_DIR", ROOT / "var")))
     import django
 
     django.setup()
@@ -36,6 +54,10 @@ def main() -> int:
     if started_redis:
         print(f"Started the embedded Redis at {settings.REDIS_URL}")
     manage("migrate", "--no-input", "-v", "0")
+    if old_secrets_key and manage(
+        "rotate_secrets_key", env={"PLUGBOARD_SECRETS_KEY_OLD": old_secrets_key}, check=False
+    ):
+        print("Stored credentials could not be re-sealed with the new key; enter them again.", file=sys.stderr)
     manage("collectstatic", "--no-input", "-v", "0")
     manage("ensure_admin")
     demo = Path(settings.VAR_DIR) / "demo-store"

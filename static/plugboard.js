@@ -5,6 +5,16 @@ document.addEventListener("submit", (event) => {
   if (message && !window.confirm(message)) event.preventDefault();
 });
 
+// A link to "#back" (a form's Cancel, where it has no page of its own to go to) goes back a page: a
+// `javascript:` link would be refused by the Content-Security-Policy.
+document.addEventListener("click", (event) => {
+  const link = event.target.closest && event.target.closest('a[href="#back"]');
+  if (link) {
+    event.preventDefault();
+    window.history.back();
+  }
+});
+
 // A select with data-autosubmit sends its form when it changes (the form still has a button without JavaScript).
 document.addEventListener("change", (event) => {
   if (event.target.matches && event.target.matches("select[data-autosubmit]")) event.target.form.submit();

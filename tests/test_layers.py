@@ -1,9 +1,10 @@
 """The apps are layers that only point down: inference on deployments,
-deployments on cluster, cluster on registry, registry on accounts, all on
-config. A module importing an app above its own, or importing a first-party
-module inside a function (the usual way to hide a cycle), fails this test.
-Exceptions: AppConfig.ready (where Django wants apps wired together), and the
-composition roots config/urls.py and config/asgi.py, which mount every app."""
+deployments on cluster, cluster on registry, registry on accounts, accounts
+on audit (whose log every app writes), all on config. A module importing an
+app above its own, or importing a first-party module inside a function (the
+usual way to hide a cycle), fails this test. Exceptions: AppConfig.ready
+(where Django wants apps wired together), and the composition roots
+config/urls.py and config/asgi.py, which mount every app."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ["config", "accounts", "registry", "cluster", "deployments", "inference"]
+LAYERS = ["config", "audit", "accounts", "registry", "cluster", "deployments", "inference"]
 RANK = {app: i for i, app in enumerate(LAYERS)}
 COMPOSITION_ROOTS = {Path("config/urls.py"), Path("config/asgi.py")}
 

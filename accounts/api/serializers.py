@@ -3,6 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from accounts.models import ApiToken, Membership, Role, Workspace
+from audit.models import AuditEntry
 
 
 class WorkspaceSerializer(serializers.ModelSerializer):
@@ -47,8 +48,11 @@ class MembershipUpdateSerializer(serializers.Serializer):
 class ApiTokenSerializer(serializers.ModelSerializer):
     class Meta:
         model = ApiToken
-        fields = ["id", "name", "prefix", "created_at", "last_used_at"]
+        fields = ["id", "name", "prefix", "scope", "expires_at", "created_at", "last_used_at"]
         read_only_fields = ["id", "prefix", "created_at", "last_used_at"]
+        extra_kwargs = {
+            "last_used_at": {"help_text": "When it was last used, to the minute; null: never."},
+        }
 
 
 class ApiTokenCreatedSerializer(ApiTokenSerializer):
@@ -56,3 +60,16 @@ class ApiTokenCreatedSerializer(ApiTokenSerializer):
 
     class Meta(ApiTokenSerializer.Meta):
         fields = [*ApiTokenSerializer.Meta.fields, "token"]
+
+
+class AuditEntrySerializer(serializers.ModelSerializer):
+    workspace = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    actor = serializers.CharField(source="actor_name", read_only=True, help_text='A username, or "system".')
+
+    class Meta:
+        model = AuditEntry
+        fields = [
+            "id", "at", "workspace", "workspace_name", "actor", "address", "action", "target_type", "target_id",
+            "target_name", "detail",
+        ]  # fmt: skip
+        read_only_fields = fields

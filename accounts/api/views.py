@@ -7,9 +7,11 @@ from rest_framework.response import Response
 
 from accounts import services
 from accounts.access import get_workspace_for
+from accounts.api.filters import AuditEntryFilter
 from accounts.api.serializers import (
     ApiTokenCreatedSerializer,
     ApiTokenSerializer,
+    AuditEntrySerializer,
     MembershipCreateSerializer,
     MembershipSerializer,
     MembershipUpdateSerializer,
@@ -17,7 +19,8 @@ from accounts.api.serializers import (
     WorkspaceSerializer,
 )
 from accounts.models import ApiToken, Membership, Workspace
-from accounts.selectors import workspaces_for
+from accounts.selectors import audit_entries_for, workspaces_for
+from audit.models import AuditEntry
 from config.api import validated
 
 
@@ -26,6 +29,7 @@ class WorkspaceViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     creates a workspace becomes its owner."""
 
     serializer_class = WorkspaceSerializer
+    admin_scope_for_writes = True  # a personal token needs the admin scope to create one
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation has no user
@@ -74,6 +78,7 @@ class MembershipViewSet(viewsets.GenericViewSet, mixins.ListModelMixin):
     change or remove them. Another workspace answers 404."""
 
     serializer_class = MembershipSerializer
+    admin_scope_for_writes = True  # a personal token needs the admin scope to change members
     lookup_url_kwarg = "user_id"
     lookup_value_regex = "[0-9]+"
 
@@ -109,9 +114,12 @@ class MembershipViewSet(viewsets.GenericViewSet, mixins.ListModelMixin):
 
 
 class ApiTokenViewSet(mixins.ListModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
-    """The caller's personal API tokens. The token itself is answered once, at creation."""
+    """The caller's personal API tokens. The token itself is answered once, at
+    creation. A personal token may list tokens with any scope but create or
+    revoke them only with the admin scope."""
 
     serializer_class = ApiTokenSerializer
+    admin_scope_for_writes = True
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
@@ -120,10 +128,24 @@ class ApiTokenViewSet(mixins.ListModelMixin, mixins.DestroyModelMixin, viewsets.
 
     @extend_schema(request=ApiTokenSerializer, responses={201: ApiTokenCreatedSerializer})
     def create(self, request):
-        name = validated(ApiTokenSerializer, request).validated_data["name"]
-        token, raw = services.api_token_create(user=request.user, name=name)
+        data = validated(ApiTokenSerializer, request).validated_data
+        token, raw = services.api_token_create(user=request.user, **data)
         data = ApiTokenSerializer(token).data | {"token": raw}
         return Response(data, status=status.HTTP_201_CREATED)
 
     def perform_destroy(self, instance):
         services.api_token_revoke(token=instance)
+
+
+class AuditEntryViewSet(viewsets.ReadOnlyModelViewSet):
+    """The audit log, newest first: who registered, changed, deployed, attached, detached, stopped, deleted,
+    created or revoked what, when and from which address. Owners read their workspaces' entries (and
+    everyone those of their own personal tokens); administrators read all. Entries cannot be changed."""
+
+    serializer_class = AuditEntrySerializer
+    filterset_class = AuditEntryFilter
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation has no user
+            return AuditEntry.objects.none()
+        return audit_entries_for(self.request.user).select_related("workspace")

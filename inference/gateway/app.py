@@ -23,6 +23,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from accounts.services import api_token_authenticate
+from config import ratelimit
 from inference import selectors
 from inference.gateway import asgi
 from inference.gateway import body as request_body
@@ -95,7 +96,7 @@ class Gateway:
         if path == "/v1/models" or path.startswith("/v1/models/"):
             if method != "GET":
                 raise GatewayError(405, "method_not_allowed", f"{path} answers GET only.")
-            caller = await self.authenticate(scope)
+            caller = await self.authenticate_within_limits(scope)
             routes = await self.routes_for(caller)
             if path == "/v1/models":
                 listed = [_model_object(r) for r in routes.values() if r.available and caller.allows(r)]
@@ -111,7 +112,7 @@ class Gateway:
             )
         if method != "POST":
             raise GatewayError(405, "method_not_allowed", f"{path} answers POST only.")
-        caller = await self.authenticate(scope)
+        caller = await self.authenticate_within_limits(scope)
         raw = await _read_body(scope, receive)
         await self.complete(scope, receive, send, caller=caller, raw=raw, endpoint=endpoint)
 
@@ -122,6 +123,23 @@ class Gateway:
         for workspace_id in caller.workspace_ids:
             routes.update(await self.catalog.routes(workspace_id))
         return routes
+
+    async def authenticate_within_limits(self, scope) -> Caller:
+        """The caller, once its address and then its key (or user) are within their rate limits (429 with
+        Retry-After otherwise). The address is counted before the key is looked at, so that guessing keys
+        is limited too."""
+        address = (scope.get("client") or ("",))[0]
+        if (wait := await ratelimit.ahit(ratelimit.limit("gateway.address"), address)) is not None:
+            raise GatewayError(
+                429, "rate_limit_exceeded", f"Too many requests from this address; retry in {wait} s.", retry_after=wait
+            )
+        caller = await self.authenticate(scope)
+        identity = f"key:{caller.key.key_id}" if caller.key is not None else f"user:{caller.user_id}"
+        if (wait := await ratelimit.ahit(ratelimit.limit("gateway.key"), identity)) is not None:
+            raise GatewayError(
+                429, "rate_limit_exceeded", f"Too many requests with this key; retry in {wait} s.", retry_after=wait
+            )
+        return caller
 
     async def authenticate(self, scope) -> Caller:
         sent, raw = asgi.bearer(scope)

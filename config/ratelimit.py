@@ -1,0 +1,132 @@
+"""Rate limits: fixed-window counters in Redis, shared by every web process.
+
+A limit is "at most `count` requests per `window` seconds" for one identity
+(an address, a token, a key); `settings.PLUGBOARD_RATE_LIMITS` names them.
+A fixed window lets a burst of twice the limit straddle a window's edge; for
+abuse protection that is fine, and it costs one round trip to Redis (INCR and
+EXPIRE in one pipeline) per check, with no per-request bookkeeping to store.
+
+Failed sign-ins work differently: after `PLUGBOARD_SIGNIN_FREE_FAILURES`
+failures for a username or an address, each further failure locks it for
+twice as long as the one before (up to `PLUGBOARD_SIGNIN_MAX_LOCK_SECONDS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import weakref
+from dataclasses import dataclass
+
+import redis.asyncio
+from django.conf import settings
+
+from config import redis_client
+
+PREFIX = "plugboard:rl:"
+# A failure is forgotten this long after the last one, so a typo a week ago does not count today.
+FAILURE_MEMORY_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class Limit:
+    name: str
+    count: int  # 0: no limit
+    window: int  # seconds
+
+
+def limit(name: str) -> Limit:
+    """Returns the limit `name` from settings.PLUGBOARD_RATE_LIMITS ("signin", "api.address", ...)."""
+    count, window = settings.PLUGBOARD_RATE_LIMITS[name]
+    return Limit(name, count, window)
+
+
+def _window_key(limit: Limit, identity: str, now: float) -> tuple[str, int]:
+    """The counter's key for the window `now` falls in, and the seconds left in that window."""
+    window_index = int(now // limit.window)
+    left = math.ceil((window_index + 1) * limit.window - now)
+    return f"{PREFIX}{limit.name}:{identity}:{window_index}", max(left, 1)
+
+
+def hit(limit: Limit, identity: str) -> int | None:
+    """Counts one request of `identity` against `limit`; returns None when it
+    is within the limit, else the seconds until the window ends (Retry-After)."""
+    if not limit.count:
+        return None
+    key, left = _window_key(limit, identity, time.time())
+    pipe = redis_client.client().pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, left + 1)
+    count, _ = pipe.execute()
+    return left if count > limit.count else None
+
+
+# One client per event loop: a redis.asyncio connection belongs to the loop it was opened in (a server has
+# one loop; tests start several).
+_async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _aclient() -> redis.asyncio.Redis:
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = redis.asyncio.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        _async_clients[loop] = client
+    return client
+
+
+async def ahit(limit: Limit, identity: str) -> int | None:
+    """`hit` for the gateway's event loop."""
+    if not limit.count:
+        return None
+    key, left = _window_key(limit, identity, time.time())
+    pipe = _aclient().pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, left + 1)
+    count, _ = await pipe.execute()
+    return left if count > limit.count else None
+
+
+def _lock_key(kind: str, identity: str) -> str:
+    return f"{PREFIX}signin-lock:{kind}:{identity}"
+
+
+def _failures_key(kind: str, identity: str) -> str:
+    return f"{PREFIX}signin-failures:{kind}:{identity}"
+
+
+def signin_locked(*, username: str, address: str) -> int | None:
+    """Returns the seconds until `username` or `address` may try to sign in
+    again, or None when neither is locked."""
+    client = redis_client.client()
+    pipe = client.pipeline(transaction=False)
+    pipe.pttl(_lock_key("user", username.lower()))
+    pipe.pttl(_lock_key("address", address))
+    remaining = [ms for ms in pipe.execute() if ms and ms > 0]
+    return math.ceil(max(remaining) / 1000) if remaining else None
+
+
+def signin_failed(*, username: str, address: str) -> int | None:
+    """Counts a failed sign-in for `username` and `address`; past the free
+    failures, locks each for a doubling time. Returns the longest lock set, if any."""
+    client = redis_client.client()
+    free = settings.PLUGBOARD_SIGNIN_FREE_FAILURES
+    longest = None
+    for kind, identity in (("user", username.lower()), ("address", address)):
+        pipe = client.pipeline(transaction=False)
+        pipe.incr(_failures_key(kind, identity))
+        pipe.expire(_failures_key(kind, identity), FAILURE_MEMORY_SECONDS)
+        failures, _ = pipe.execute()
+        if failures > free:
+            seconds = min(2 ** (failures - free), settings.PLUGBOARD_SIGNIN_MAX_LOCK_SECONDS)
+            client.set(_lock_key(kind, identity), 1, ex=seconds)
+            longest = max(longest or 0, seconds)
+    return longest
+
+
+def signin_succeeded(*, username: str) -> None:
+    """Forgets the failures of `username`. Not those of the address: one account
+    of an attacker's own must not reset their guessing at others."""
+    client = redis_client.client()
+    client.delete(_failures_key("user", username.lower()), _lock_key("user", username.lower()))
