@@ -51,10 +51,13 @@ class Inspection:
         return counts.most_common(1)[0][0] if counts else ""
 
 
-def inspect_source(source: Source, *, kind: str, allow_pickle: bool, max_header: int) -> Inspection:
+def inspect_source(
+    source: Source, *, kind: str, allow_pickle: bool, max_header: int, max_files: int = 10_000
+) -> Inspection:
     """Returns what `source` holds as a base model (`kind="base"`) or LoRA
     adapter (`kind="adapter"`), with every problem found. Reads only the
-    config file and the safetensors headers."""
+    config file and the safetensors headers. More than `max_files` files is
+    refused before any is read: the manifest is kept in the database."""
     result = Inspection(kind=kind)
     try:
         result.revision, result.files = source.resolve()
@@ -63,6 +66,14 @@ def inspect_source(source: Source, *, kind: str, allow_pickle: bool, max_header:
         return result
     finally:
         result.bytes_read = source.bytes_read
+    if len(result.files) > max_files:
+        result.problems.append(
+            f"It holds {len(result.files):,} files, more than the {max_files:,} an artifact may have. "
+            "Point the location at the model's own folder, or ask an administrator to raise "
+            "PLUGBOARD_MAX_ARTIFACT_FILES."
+        )
+        result.files = []
+        return result
 
     by_path = {f.path: f for f in result.files}
     for f in result.files:

@@ -6,6 +6,13 @@ from django.urls import reverse
 from accounts.models import Workspace
 from registry.safetensors import Tensor
 
+# Limits of fields whose columns have none (text, JSON, sealed secrets), for forms and the API: what a real
+# value needs, many times over.
+MAX_DESCRIPTION = 10_000
+MAX_TAGS = 50
+MAX_CA_BUNDLE = 64 * 1024  # a chain of a few dozen certificates
+MAX_SECRET = 4096  # access keys are 20-128 characters, secrets 40, hub tokens under 100
+
 
 class ConnectionKind(models.TextChoices):
     S3 = "s3", "S3 or S3-compatible store"
@@ -31,6 +38,9 @@ class Connection(models.Model):
     ca_bundle = models.TextField(blank=True, help_text="PEM certificates of a private CA, for an intranet store.")
     root_path = models.CharField(max_length=500, blank=True, help_text="Local path: a folder under an allowed root.")
     encrypted_secrets = models.BinaryField(default=b"", editable=False)
+    # Without secrets a connection reads anonymously; with this, the console's own credentials (an instance
+    # role, AWS_* or HF_TOKEN in its environment, ~/.aws) apply. Only an administrator may set it.
+    use_ambient_credentials = models.BooleanField(default=False)
     created_by = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     last_checked_at = models.DateTimeField(null=True, blank=True)
@@ -102,9 +112,8 @@ class Artifact(models.Model):
     weight_bytes = models.BigIntegerField(null=True, blank=True)
     parameter_count = models.BigIntegerField(null=True, blank=True)
     dtype = models.CharField(max_length=20, blank=True)
-    # The parsed config.json or adapter_config.json, and {tensor name: [shape, dtype]}.
+    # The parsed config.json or adapter_config.json (its tensor table lives in ArtifactTensors).
     config = models.JSONField(default=dict, blank=True)
-    tensors = models.JSONField(default=dict, blank=True)
 
     # Base models, from config.json.
     architecture = models.CharField(max_length=100, blank=True)
@@ -138,6 +147,11 @@ class Artifact(models.Model):
         return self.kind == ArtifactKind.ADAPTER
 
     @property
+    def kind_noun(self) -> str:
+        """ "model" or "adapter": how the audit log and messages name it."""
+        return "adapter" if self.is_adapter else "model"
+
+    @property
     def is_ready(self) -> bool:
         return self.status == ArtifactStatus.READY
 
@@ -149,6 +163,25 @@ class Artifact(models.Model):
     @property
     def where(self) -> str:
         return self.connection.describe_location(self.location)
+
+    @property
+    def tensors(self) -> dict:
+        """{tensor name: [shape, dtype, bytes]}, from its own table: read only where shapes are compared."""
+        try:
+            return self.tensor_table.tensors
+        except ArtifactTensors.DoesNotExist:
+            return {}
+
+
+class ArtifactTensors(models.Model):
+    """An artifact's tensor table. A large model has thousands of tensors: the table lives apart from the
+    artifact's row, which every list page and API list loads, so those never read it."""
+
+    artifact = models.OneToOneField(Artifact, on_delete=models.CASCADE, primary_key=True, related_name="tensor_table")
+    tensors = models.JSONField(default=dict)
+
+    def __str__(self) -> str:
+        return f"tensors of {self.artifact_id}"
 
 
 class ArtifactFile(models.Model):

@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import Workspace
+from audit.services import audit_record
 from config.errors import DomainError
 from config.vault import seal, unseal
 from registry import dependents, tasks
@@ -20,6 +22,7 @@ from registry.models import (
     ArtifactFile,
     ArtifactKind,
     ArtifactStatus,
+    ArtifactTensors,
     Compatibility,
     Connection,
     ConnectionKind,
@@ -47,7 +50,7 @@ def _validate_connection(connection: Connection) -> None:
         raise DomainError("An S3 connection needs a bucket.")
     if connection.kind == ConnectionKind.LOCAL:
         try:
-            confined_root(connection.root_path)
+            confined_root(connection.root_path, workspace=connection.workspace)
         except SourceError as exc:
             raise DomainError(str(exc)) from None
 
@@ -61,13 +64,35 @@ def _save_connection(connection: Connection) -> None:
         raise DomainError(f"This workspace already has a connection named “{connection.name}”.") from None
 
 
+def _check_ambient(user, value: bool) -> None:
+    if value and not (user is not None and user.is_staff):
+        raise PermissionDenied(
+            "Only an administrator may let a connection use the console's own credentials; "
+            "enter this connection's own access key or token instead."
+        )
+
+
 def connection_create(
-    *, workspace: Workspace, name: str, kind: str, user=None, secrets: dict | None = None, **fields
+    *,
+    workspace: Workspace,
+    name: str,
+    kind: str,
+    user=None,
+    secrets: dict | None = None,
+    use_ambient_credentials: bool = False,
+    **fields,
 ) -> Connection:
     """Creates a connection; `secrets` (access keys, a token) are encrypted and never shown again."""
     if kind not in ConnectionKind.values:
         raise DomainError(f"Unknown connection kind “{kind}”; use one of {', '.join(ConnectionKind.values)}.")
-    connection = Connection(workspace=workspace, name=name.strip(), kind=kind, created_by=user)
+    _check_ambient(user, use_ambient_credentials)
+    connection = Connection(
+        workspace=workspace,
+        name=name.strip(),
+        kind=kind,
+        created_by=user,
+        use_ambient_credentials=use_ambient_credentials,
+    )
     for key, value in fields.items():
         if key not in PLAIN_FIELDS:
             raise DomainError(f"A connection has no field “{key}”.")
@@ -75,21 +100,58 @@ def connection_create(
     allowed = SECRET_FIELDS[kind]
     connection.encrypted_secrets = seal({k: v for k, v in (secrets or {}).items() if k in allowed})
     _save_connection(connection)
+    audit_record(action="connection.create", target=connection, detail={"kind": kind})
     log.info("connection %s created in workspace %s", connection.pk, workspace.pk)
     return connection
 
 
-def connection_update(*, connection: Connection, secrets: dict | None = None, **fields) -> Connection:
-    """Changes a connection. Secrets left blank keep their saved values."""
+def _destination(connection: Connection) -> tuple[str, str]:
+    """Where a connection's secrets are sent: its endpoint, and the bucket when the bucket is part of the host
+    name (virtual-host addressing)."""
+    bucket = connection.bucket if connection.addressing_style == "virtual" else ""
+    return connection.endpoint_url.strip().rstrip("/").lower(), bucket
+
+
+def connection_update(
+    *,
+    connection: Connection,
+    secrets: dict | None = None,
+    user=None,
+    use_ambient_credentials: bool | None = None,
+    **fields,
+) -> Connection:
+    """Changes a connection. Secrets left blank keep their saved values, unless the endpoint (or the bucket's
+    host) changes: then the saved secrets and the use of the console's own credentials are dropped, so that
+    nobody can send an owner's key or token to a server of their choosing without knowing it."""
+    before = _destination(connection)
+    changed = []
     for key, value in fields.items():
         if key not in (*PLAIN_FIELDS, "name"):
             raise DomainError(f"A connection has no field “{key}”.")
+        if getattr(connection, key) != value:
+            changed.append(key)
         setattr(connection, key, value)
-    if secrets:
-        current = unseal(connection.encrypted_secrets)
-        current.update({k: v for k, v in secrets.items() if v and k in SECRET_FIELDS[connection.kind]})
-        connection.encrypted_secrets = seal(current)
+    current = unseal(connection.encrypted_secrets)
+    detail: dict = {}
+    if _destination(connection) != before:
+        detail["secrets_dropped"] = sorted(current) + (
+            ["use_ambient_credentials"] if connection.use_ambient_credentials else []
+        )
+        current = {}
+        connection.use_ambient_credentials = False
+    if use_ambient_credentials is not None and use_ambient_credentials != connection.use_ambient_credentials:
+        _check_ambient(user, use_ambient_credentials)
+        connection.use_ambient_credentials = use_ambient_credentials
+        changed.append("use_ambient_credentials")
+    given = {k: v for k, v in (secrets or {}).items() if v and k in SECRET_FIELDS[connection.kind]}
+    current.update(given)
+    connection.encrypted_secrets = seal(current)
     _save_connection(connection)
+    audit_record(
+        action="connection.update",
+        target=connection,
+        detail={"fields": changed, "secrets_set": sorted(given), **detail},
+    )
     return connection
 
 
@@ -98,7 +160,9 @@ def connection_delete(*, connection: Connection) -> None:
     count = connection.artifacts.count()
     if count:
         raise DomainError(f"{count} registered artifact(s) use this connection; delete them first.")
-    connection.delete()
+    with transaction.atomic():
+        audit_record(action="connection.delete", target=connection)
+        connection.delete()
 
 
 def connection_test(*, connection: Connection) -> tuple[bool, str]:
@@ -153,6 +217,7 @@ def artifact_register(
     try:
         with transaction.atomic():
             artifact.save()
+            audit_record(action=f"{artifact.kind_noun}.register", target=artifact, detail={"location": artifact.where})
             transaction.on_commit(lambda: tasks.inspect_artifact.delay(artifact.pk))
     except IntegrityError:
         raise DomainError(f"This workspace already has a model or adapter named “{name}”.") from None
@@ -163,6 +228,7 @@ def artifact_update(*, artifact: Artifact, **fields) -> Artifact:
     """Changes the descriptive fields; a new location or revision means a new inspection."""
     editable = {"name", "description", "tags", "license", "location", "revision"}
     reinspect = False
+    changed = []
     for key, value in fields.items():
         if key not in editable:
             raise DomainError(f"“{key}” cannot be changed after registration.")
@@ -174,12 +240,15 @@ def artifact_update(*, artifact: Artifact, **fields) -> Artifact:
             _check_location(artifact.connection, value)
         if key in ("location", "revision") and value != getattr(artifact, key):
             reinspect = True
+        if value != getattr(artifact, key):
+            changed.append(key)
         setattr(artifact, key, value)
     if reinspect:
         artifact.status = ArtifactStatus.PENDING
     try:
         with transaction.atomic():
             artifact.save()
+            audit_record(action=f"{artifact.kind_noun}.update", target=artifact, detail={"fields": changed})
             if reinspect:
                 transaction.on_commit(lambda: tasks.inspect_artifact.delay(artifact.pk))
     except IntegrityError:
@@ -193,6 +262,7 @@ def artifact_reinspect(*, artifact: Artifact) -> Artifact:
         raise DomainError("It is being inspected right now; wait for that to finish.")
     with transaction.atomic():
         Artifact.objects.filter(pk=artifact.pk).update(status=ArtifactStatus.PENDING)
+        audit_record(action=f"{artifact.kind_noun}.reinspect", target=artifact)
         transaction.on_commit(lambda: tasks.inspect_artifact.delay(artifact.pk))
     artifact.refresh_from_db()
     return artifact
@@ -206,7 +276,9 @@ def artifact_delete(*, artifact: Artifact) -> None:
         raise DomainError(
             f"{artifact.name} is in use ({', '.join(holders)}); stop what uses it before deleting it.", status=409
         )
-    artifact.delete()
+    with transaction.atomic():
+        audit_record(action=f"{artifact.kind_noun}.delete", target=artifact)
+        artifact.delete()
 
 
 def _check_location(connection: Connection, location: str) -> None:
@@ -244,6 +316,7 @@ def artifact_inspect(*, artifact_id: int) -> Artifact | None:
             kind=artifact.kind,
             allow_pickle=settings.PLUGBOARD_ALLOW_PICKLE_WEIGHTS,
             max_header=settings.PLUGBOARD_MAX_SAFETENSORS_HEADER,
+            max_files=settings.PLUGBOARD_MAX_ARTIFACT_FILES,
         )
     except (SourceError, DomainError) as exc:
         result = Inspection(kind=artifact.kind, problems=[getattr(exc, "message", str(exc))])
@@ -281,12 +354,16 @@ def _record_inspection(artifact: Artifact, result: Inspection) -> None:
         for key, value in fields.items():
             setattr(artifact, key, value)
         artifact.save()
+        tensors = tensors_to_json(result.tensors) if result.ok else {}
+        artifact.tensor_table, _ = ArtifactTensors.objects.update_or_create(
+            artifact=artifact, defaults={"tensors": tensors}
+        )
 
 
 def _empty_inspection_fields() -> dict:
     return dict(
         resolved_revision="", total_bytes=None, weight_bytes=None, parameter_count=None, dtype="", config={},
-        tensors={}, architecture="", hidden_size=None, num_layers=None, num_attention_heads=None,
+        architecture="", hidden_size=None, num_layers=None, num_attention_heads=None,
         num_kv_heads=None, vocab_size=None, context_length=None, peft_type="", rank=None, lora_alpha=None,
         target_modules=[], base_model_name_or_path="",
     )  # fmt: skip
@@ -301,7 +378,6 @@ def _described_fields(kind: str, result: Inspection) -> dict:
         parameter_count=result.parameter_count,
         dtype=result.dtype,
         config=config,
-        tensors=tensors_to_json(result.tensors),
     )
     if kind == ArtifactKind.BASE:
         text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
@@ -342,7 +418,9 @@ def compatibility_refresh(*, artifact: Artifact) -> None:
         Compatibility.objects.filter(base=artifact).delete()
         return
     other_kind = ArtifactKind.BASE if artifact.is_adapter else ArtifactKind.ADAPTER
-    others = Artifact.objects.filter(workspace=artifact.workspace_id, kind=other_kind, status=ArtifactStatus.READY)
+    others = Artifact.objects.filter(
+        workspace=artifact.workspace_id, kind=other_kind, status=ArtifactStatus.READY
+    ).select_related("tensor_table")
     own_tensors = tensors_from_json(artifact.tensors)
     with transaction.atomic():
         for other in others:

@@ -131,7 +131,10 @@ def connection_detail(request, pk):
 
 def connection_edit(request, pk):
     connection = _connection_for(request, pk, write=True)
-    fields = ("name", "endpoint_url", "region", "bucket", "addressing_style", "verify_tls", "ca_bundle", "root_path")
+    fields = (
+        "name", "endpoint_url", "region", "bucket", "addressing_style", "verify_tls", "ca_bundle", "root_path",
+        "use_ambient_credentials",
+    )  # fmt: skip
     form = ConnectionForm(
         request.POST or None,
         user=request.user,
@@ -140,9 +143,12 @@ def connection_edit(request, pk):
     )
     if request.method == "POST" and form.is_valid():
         data, secrets = form.split()
+        had_secrets = connection.has_secrets
         with errors_on(form):
-            services.connection_update(connection=connection, secrets=secrets, **data)
+            services.connection_update(connection=connection, secrets=secrets, user=request.user, **data)
             messages.success(request, "Saved.")
+            if had_secrets and not connection.has_secrets:
+                messages.warning(request, "The endpoint changed, so the saved secrets were removed: enter them again.")
             return redirect(connection)
     return render(request, "registry/connection_form.html", {"form": form, "title": f"Edit {connection.name}"})
 

@@ -3,7 +3,19 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from accounts.models import Workspace
-from registry.models import Artifact, ArtifactFile, ArtifactKind, Compatibility, Connection, ConnectionKind
+from registry.models import (
+    MAX_CA_BUNDLE,
+    MAX_DESCRIPTION,
+    MAX_SECRET,
+    MAX_TAGS,
+    Artifact,
+    ArtifactFile,
+    ArtifactKind,
+    Compatibility,
+    Connection,
+    ConnectionKind,
+)
+from registry.sources.network import endpoint_problem
 
 LOCATION_HELP = (
     "Where the artifact is, through its connection. S3: a key prefix in the connection's bucket; every "
@@ -31,8 +43,8 @@ class ConnectionSerializer(serializers.ModelSerializer):
         model = Connection
         fields = [
             "id", "workspace", "name", "kind", "endpoint_url", "region", "bucket", "addressing_style",
-            "verify_tls", "ca_bundle", "root_path", "has_secrets", "created_at", "last_checked_at",
-            "last_check_ok", "last_check_message",
+            "verify_tls", "ca_bundle", "root_path", "has_secrets", "use_ambient_credentials", "created_at",
+            "last_checked_at", "last_check_ok", "last_check_message",
         ]  # fmt: skip
         read_only_fields = fields
         extra_kwargs = {"ca_bundle": {"help_text": CA_BUNDLE_HELP}}
@@ -55,26 +67,49 @@ class ConnectionWriteSerializer(serializers.Serializer):
     workspace = serializers.SlugRelatedField(slug_field="slug", queryset=Workspace.objects.all(), required=False)
     name = serializers.CharField(max_length=100)
     kind = serializers.ChoiceField(choices=ConnectionKind.choices)
-    endpoint_url = serializers.URLField(required=False, allow_blank=True, default="")
-    region = serializers.CharField(required=False, allow_blank=True, default="")
-    bucket = serializers.CharField(required=False, allow_blank=True, default="")
+    endpoint_url = serializers.URLField(
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="S3: the store's URL (blank for AWS). Hub: a private hub or mirror (blank for huggingface.co). "
+        "http or https, no user:password@. Refused: metadata and link-local addresses, the console's own "
+        "services, and, when an administrator set PLUGBOARD_FETCH_ALLOWLIST, anything outside it.",
+    )
+    region = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
+    bucket = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
     addressing_style = serializers.ChoiceField(
         choices=Connection._meta.get_field("addressing_style").choices, required=False, default="path"
     )
     verify_tls = serializers.BooleanField(required=False, default=True)
-    ca_bundle = serializers.CharField(required=False, allow_blank=True, default="", help_text=CA_BUNDLE_HELP)
+    ca_bundle = serializers.CharField(
+        max_length=MAX_CA_BUNDLE, required=False, allow_blank=True, default="", help_text=CA_BUNDLE_HELP
+    )
     root_path = serializers.CharField(
+        max_length=500,
         required=False,
         allow_blank=True,
         default="",
-        help_text="Local path only: a folder on the console's hosts, under a root an administrator allows.",
+        help_text="Local path only: a folder on the console's hosts, under a root an administrator gives this "
+        "workspace.",
+    )
+    use_ambient_credentials = serializers.BooleanField(
+        required=False,
+        help_text="Administrators only. Without keys of its own a connection reads anonymously; with this, the "
+        "console's own credentials (instance role, environment) apply. Changing `endpoint_url` (or a "
+        "virtual-host bucket) without sending the secrets again drops the saved secrets and this option.",
     )
     # Write-only: accepted, encrypted, never answered.
-    access_key_id = serializers.CharField(required=False, allow_blank=True, write_only=True)
-    secret_access_key = serializers.CharField(required=False, allow_blank=True, write_only=True)
-    token = serializers.CharField(required=False, allow_blank=True, write_only=True)
+    access_key_id = serializers.CharField(max_length=MAX_SECRET, required=False, allow_blank=True, write_only=True)
+    secret_access_key = serializers.CharField(max_length=MAX_SECRET, required=False, allow_blank=True, write_only=True)
+    token = serializers.CharField(max_length=MAX_SECRET, required=False, allow_blank=True, write_only=True)
 
     SECRET_KEYS = ("access_key_id", "secret_access_key", "token")
+
+    def validate_endpoint_url(self, value: str) -> str:
+        if problem := endpoint_problem(value):
+            raise serializers.ValidationError(problem)
+        return value
 
     def split(self) -> tuple[dict, dict]:
         """Returns (plain fields, secrets) of the validated data."""
@@ -126,8 +161,10 @@ class ArtifactWriteSerializer(serializers.Serializer):
     revision = serializers.CharField(
         max_length=200, required=False, allow_blank=True, default="", help_text=REVISION_HELP
     )
-    description = serializers.CharField(required=False, allow_blank=True, default="")
-    tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False, default=list)
+    description = serializers.CharField(max_length=MAX_DESCRIPTION, required=False, allow_blank=True, default="")
+    tags = serializers.ListField(
+        child=serializers.CharField(max_length=50), max_length=MAX_TAGS, required=False, default=list
+    )
     license = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
 
 
@@ -137,8 +174,8 @@ class ArtifactUpdateSerializer(serializers.Serializer):
         max_length=500, required=False, help_text=LOCATION_HELP + " Changing it, or `revision`, inspects again."
     )
     revision = serializers.CharField(max_length=200, required=False, allow_blank=True, help_text=REVISION_HELP)
-    description = serializers.CharField(required=False, allow_blank=True)
-    tags = serializers.ListField(child=serializers.CharField(max_length=50), required=False)
+    description = serializers.CharField(max_length=MAX_DESCRIPTION, required=False, allow_blank=True)
+    tags = serializers.ListField(child=serializers.CharField(max_length=50), max_length=MAX_TAGS, required=False)
     license = serializers.CharField(max_length=100, required=False, allow_blank=True)
 
 

@@ -51,7 +51,7 @@ class ConnectionViewSet(viewsets.ModelViewSet):
         fields, secrets = validated(ConnectionWriteSerializer, request, partial=True).split()
         fields.pop("workspace", None)
         fields.pop("kind", None)
-        connection = services.connection_update(connection=connection, secrets=secrets, **fields)
+        connection = services.connection_update(connection=connection, secrets=secrets, user=request.user, **fields)
         return Response(ConnectionSerializer(connection).data)
 
     def destroy(self, request, pk=None):

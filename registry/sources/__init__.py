@@ -29,10 +29,15 @@ def open_source(connection, *, location: str, revision: str = "") -> Source:
 
 def location_problem(connection, location: str) -> str | None:
     """Returns why `location` cannot name an artifact behind `connection` (what
-    rule it breaks), or None. Only the hub has rules a location can break before
-    anything is read: a repository id's."""
+    rule it breaks), or None, before anything is read: a hub's repository id, and a
+    local connection's folder, whose root an administrator may have taken back."""
     if connection.kind == ConnectionKind.HF:
         return hf.repo_id_problem(location)
+    if connection.kind == ConnectionKind.LOCAL:
+        try:
+            local.confined_root(connection.root_path, workspace=connection.workspace)
+        except SourceError as exc:
+            return str(exc)
     return None
 
 

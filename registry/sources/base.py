@@ -3,11 +3,13 @@ later, to the node's artifact cache."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 CHUNK = 1024 * 1024  # what a stream yields at a time
+ERROR_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.]{0,63}$")  # `NoSuchKey`, `SlowDown`, `RepoNotFound`
 
 
 class SourceError(Exception):
@@ -20,6 +22,13 @@ class RemoteFile:
     size: int
     checksum: str = ""
     checksum_kind: str = ""  # sha256, git-sha1, etag, or blank
+
+
+def error_code(text) -> str:
+    """`text` if it has the shape of a store's or hub's error code, else "". A code comes from the failed
+    answer (its body or a header); nothing else of a failed answer is ever stored or shown, since a hostile
+    server writes there whatever it wants a page to show."""
+    return text if isinstance(text, str) and ERROR_CODE.match(text) else ""
 
 
 def is_safe_relative_path(path: str) -> bool:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpcore2
+import httpx2
 from django.conf import settings
-from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub import HfApi, hf_hub_url, set_client_factory
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -18,9 +20,63 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers, get_session, validate_repo_id
 
 from config.vault import unseal
-from registry.sources.base import CHUNK, RemoteFile, Source, SourceError
+from registry.sources import network
+from registry.sources.base import CHUNK, RemoteFile, Source, SourceError, error_code
 
 PUBLIC_HUB = "https://huggingface.co"
+
+
+class _CheckedBackend(httpcore2.SyncBackend):
+    """httpcore's own backend, connecting through addresses network.py checked (never a second lookup).
+    TLS still verifies the certificate for, and sends SNI of, the host name: httpcore takes those from
+    the request's origin, not from the socket."""
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        try:
+            addresses = network.checked_addresses(host, port)
+        except OSError as exc:  # the name does not resolve
+            raise httpcore2.ConnectError(str(exc)) from exc
+        error = httpcore2.ConnectError(f"{host} resolves to no address")
+        for address in addresses:
+            try:
+                return super().connect_tcp(str(address), port, timeout, local_address, socket_options)
+            except httpcore2.ConnectError as exc:
+                error = exc
+        raise error
+
+
+def _refuse_redirects_elsewhere(response: httpx2.Response) -> None:
+    """Raises RedirectRefused for a redirect to another scheme, host or port (the real hub sends large files
+    to a CDN that way: a private hub must serve them itself). Each hop is checked against the one before,
+    so every followed hop shares the first one's origin."""
+    if not response.has_redirect_location:
+        return
+    try:
+        target = str(response.request.url.join(response.headers["Location"]))
+    except httpx2.InvalidURL:
+        target = ""
+    problem = network.redirect_problem(str(response.request.url), target)
+    if problem:
+        raise network.RedirectRefused(problem)
+
+
+def _checked_client() -> httpx2.Client:
+    """The client huggingface_hub (and this module) send every request through: each connection to a
+    checked address, redirects only to the same origin, no proxy or .netrc from the environment (a proxy
+    would be the only address checked, .netrc would send a password to whatever host a connection names)."""
+    transport = httpx2.HTTPTransport()
+    # httpx has no setting for the network backend; the httpcore pool under its transport has.
+    transport._pool._network_backend = _CheckedBackend()
+    return httpx2.Client(
+        transport=transport,
+        trust_env=False,
+        follow_redirects=True,
+        timeout=None,
+        event_hooks={"response": [_refuse_redirects_elsewhere]},
+    )
+
+
+set_client_factory(_checked_client)
 
 
 def endpoint_of(connection) -> str:
@@ -60,8 +116,11 @@ def repo_id_problem(location: str) -> str | None:
 
 
 def describe_error(exc: Exception, connection, *, repo_id: str = "", revision: str = "") -> SourceError:
-    """Turns a hub failure into words a person can act on. Never includes the token."""
+    """Turns a hub failure into words a person can act on: fixed sentences with the endpoint, the HTTP
+    status and the hub's error code, never the body of an answer. Never includes the token."""
     where = endpoint_of(connection)
+    if isinstance(exc, SourceError):  # the console's own refusal (network.py), already in such words
+        return exc
     if isinstance(exc, GatedRepoError):
         return SourceError(f"{repo_id} is gated on {where}: accept its terms with the token's account, then retry.")
     if isinstance(exc, RevisionNotFoundError):
@@ -79,7 +138,8 @@ def describe_error(exc: Exception, connection, *, repo_id: str = "", revision: s
             return SourceError(f"{where} refused the token (401). Check or renew the token.")
         if status == 403:
             return SourceError(f"The token may not read {repo_id} on {where} (403).")
-        return SourceError(f"{where} answered HTTP {status}.")
+        code = error_code(exc.response.headers.get("X-Error-Code")) if exc.response is not None else ""
+        return SourceError(f"{where} answered HTTP {status}" + (f" ({code})." if code else "."))
     text = str(exc)
     lowered = text.lower()
     if "certificate" in lowered or "ssl" in lowered:
@@ -95,7 +155,10 @@ def describe_error(exc: Exception, connection, *, repo_id: str = "", revision: s
 
 def _api(connection) -> tuple[HfApi, str | None]:
     token = unseal(connection.encrypted_secrets).get("token") or None
-    return HfApi(endpoint=endpoint_of(connection), token=token if token else False), token
+    # token=False: without a token of its own a connection reads anonymously, never with HF_TOKEN or a token
+    # file of the console's; None lets huggingface_hub find those, for a connection an administrator allowed.
+    fallback = None if connection.use_ambient_credentials else False
+    return HfApi(endpoint=endpoint_of(connection), token=token or fallback), token
 
 
 def check(connection) -> str:
@@ -166,7 +229,7 @@ class HubSource(Source):
         url = hf_hub_url(
             self.repo_id, path, revision=self.commit or self.revision, endpoint=endpoint_of(self.connection)
         )
-        headers = build_hf_headers(token=self.token or False) | {"Range": f"bytes={start}-{end - 1}"}
+        headers = build_hf_headers(token=self.api.token) | {"Range": f"bytes={start}-{end - 1}"}
         return get_session().stream(
             "GET", url, headers=headers, follow_redirects=True, timeout=settings.PLUGBOARD_SOURCE_TIMEOUT
         )

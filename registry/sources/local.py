@@ -1,5 +1,5 @@
 """Local or NFS folders, confined to the roots an administrator lists in
-PLUGBOARD_LOCAL_ROOTS."""
+PLUGBOARD_LOCAL_ROOTS and gives to each workspace."""
 
 from __future__ import annotations
 
@@ -13,23 +13,41 @@ from django.conf import settings
 from registry.sources.base import CHUNK, RemoteFile, Source, SourceError
 
 
-def confined_root(root_path: str) -> Path:
-    """Returns the connection's folder resolved, if it lies under an allowed root."""
+def granted_roots(workspace) -> list[Path]:
+    """The folders of PLUGBOARD_LOCAL_ROOTS that `workspace` may read, resolved.
+
+    An entry is a folder, open to every workspace, or "folder=slug|slug", given to
+    those workspaces only (a slug holds no "/" or "=", so the last "=" of an entry
+    followed by slugs is never part of a folder's name)."""
+    granted = []
+    for entry in settings.PLUGBOARD_LOCAL_ROOTS:
+        folder, _, slugs = str(entry).rpartition("=")
+        if not folder or "/" in slugs:
+            folder, slugs = str(entry), ""
+        if not slugs or workspace.slug in {s.strip() for s in slugs.split("|")}:
+            granted.append(Path(folder).resolve())
+    return granted
+
+
+def confined_root(root_path: str, *, workspace) -> Path:
+    """Returns the connection's folder resolved, if it lies under a root given to its workspace."""
     if not root_path:
         raise SourceError("A local-path connection needs a folder.")
     path = Path(root_path).resolve()
-    for allowed in settings.PLUGBOARD_LOCAL_ROOTS:
-        if path == allowed.resolve() or allowed.resolve() in path.parents:
+    roots = granted_roots(workspace)
+    for allowed in roots:
+        if path == allowed or allowed in path.parents:
             return path
-    roots = ", ".join(str(r) for r in settings.PLUGBOARD_LOCAL_ROOTS) or "none"
+    # Only this workspace's own roots are named: another team's folders are not this one's business.
+    named = ", ".join(str(r) for r in roots) or "none"
     raise SourceError(
-        f"{root_path} is outside the folders an administrator allows for local paths ({roots}); "
-        "ask them to add it to PLUGBOARD_LOCAL_ROOTS."
+        f"{root_path} is outside the folders an administrator gives this workspace for local paths ({named}); "
+        "ask them to add it to PLUGBOARD_LOCAL_ROOTS for this workspace."
     )
 
 
 def check(connection) -> str:
-    root = confined_root(connection.root_path)
+    root = confined_root(connection.root_path, workspace=connection.workspace)
     if not root.is_dir():
         raise SourceError(f"The folder {root} does not exist on this server.")
     if not os.access(root, os.R_OK | os.X_OK):
@@ -40,7 +58,7 @@ def check(connection) -> str:
 class LocalSource(Source):
     def __init__(self, connection, *, subpath: str) -> None:
         super().__init__()
-        root = confined_root(connection.root_path)
+        root = confined_root(connection.root_path, workspace=connection.workspace)
         self.folder = (root / subpath.strip("/")).resolve()
         if self.folder != root and root not in self.folder.parents:
             raise SourceError(f"{subpath} leads outside the connection's folder {root}.")

@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+from botocore import UNSIGNED
+from botocore.awsrequest import (
+    AWSHTTPConnection,
+    AWSHTTPConnectionPool,
+    AWSHTTPSConnection,
+    AWSHTTPSConnectionPool,
+)
 from botocore.config import Config
 from botocore.exceptions import (
-    BotoCoreError,
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    HTTPClientError,
     NoCredentialsError,
     ReadTimeoutError,
     SSLError,
 )
 from django.conf import settings
+from urllib3.exceptions import ConnectTimeoutError as URLLib3ConnectTimeoutError
+from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from config.vault import unseal
-from registry.sources.base import CHUNK, RemoteFile, Source, SourceError
+from registry.sources import network
+from registry.sources.base import CHUNK, RemoteFile, Source, SourceError, error_code
 
 # Under SSE-KMS, S3's ETag is not the MD5 of the object's bytes: it still tells
 # a changed object from the one registered, but cannot verify a download.
@@ -48,10 +59,53 @@ def _ca_bundle_path(pem: str) -> str:
     return str(path)
 
 
+class _CheckedConnection:
+    """urllib3's _new_conn with its lookup and connect replaced by network.connect, so the address checked
+    is the address connected to. TLS still verifies the certificate for, and sends SNI of, the host name."""
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            sock = network.connect(self._dns_host, self.port, timeout=self.timeout, source_address=self.source_address)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc
+        except TimeoutError as exc:
+            raise URLLib3ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            ) from exc
+        except OSError as exc:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
+        for option in self.socket_options or ():
+            sock.setsockopt(*option)
+        return sock
+
+
+class _CheckedHTTPConnection(_CheckedConnection, AWSHTTPConnection):
+    pass
+
+
+class _CheckedHTTPSConnection(_CheckedConnection, AWSHTTPSConnection):
+    pass
+
+
+class _CheckedHTTPPool(AWSHTTPConnectionPool):
+    ConnectionCls = _CheckedHTTPConnection
+
+
+class _CheckedHTTPSPool(AWSHTTPSConnectionPool):
+    ConnectionCls = _CheckedHTTPSConnection
+
+
+def _check_every_connection(client) -> None:
+    # botocore has no setting for its connection classes. Its HTTP session keeps the pool classes in one
+    # dict, shared with every pool manager it has made or will make (proxy managers included).
+    client._endpoint.http_session._pool_classes_by_scheme.update(http=_CheckedHTTPPool, https=_CheckedHTTPSPool)
+
+
 def client_for(connection, *, max_pool: int = 10):
     """Returns a boto3 S3 client configured from `connection` (endpoint, region,
     addressing style, TLS verification or a private CA, credentials)."""
     secrets = unseal(connection.encrypted_secrets)
+    own_keys = bool(secrets.get("access_key_id") and secrets.get("secret_access_key"))
     verify: bool | str = connection.verify_tls
     if connection.verify_tls and connection.ca_bundle.strip():
         verify = _ca_bundle_path(connection.ca_bundle)
@@ -62,9 +116,11 @@ def client_for(connection, *, max_pool: int = 10):
         read_timeout=timeout,
         retries={"max_attempts": 2, "mode": "standard"},
         max_pool_connections=max_pool,
-        signature_version="s3v4",
+        # Without keys of its own a connection reads anonymously, never with the console's own credentials
+        # (an instance role, AWS_* variables, ~/.aws), unless an administrator allowed that for it.
+        signature_version="s3v4" if own_keys or connection.use_ambient_credentials else UNSIGNED,
     )
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3",
         endpoint_url=connection.endpoint_url or None,
         region_name=connection.region or "us-east-1",
@@ -73,12 +129,39 @@ def client_for(connection, *, max_pool: int = 10):
         verify=verify,
         config=config,
     )
+    _check_every_connection(client)
+    if connection.endpoint_url:
+        client.meta.events.register_first("needs-retry.s3", _refuse_redirects(connection.endpoint_url))
+    return client
+
+
+def _refuse_redirects(where: str):
+    """A botocore handler that stops at a store's redirect. botocore takes a 301, 302 or 307 from S3 for a
+    region redirect and asks again, the same store; one that always redirects recursed until Python gave
+    up. A custom store has no regions to send the console to, so a redirect from one is an error (AWS
+    itself, with no endpoint URL, keeps botocore's region handling: it only ever reaches AWS's own hosts)."""
+
+    def refuse(response=None, **kwargs):
+        status = response[0].status_code if response else None
+        if status is not None and 300 <= status < 400:
+            raise SourceError(
+                f"{where} answered HTTP {status} (a redirect), which the console does not follow for S3. "
+                "Point the connection at the store's own endpoint."
+            )
+
+    return refuse
 
 
 def describe_error(exc: Exception, connection, *, key: str = "") -> SourceError:
-    """Turns a boto3 failure into words a person can act on. Never includes secrets."""
+    """Turns a boto3 failure into words a person can act on: fixed sentences with the endpoint, the HTTP
+    status and the S3 error code, never the body of an answer (a hostile store would write there what it
+    wants a page to show). Never includes secrets."""
     where = connection.endpoint_url or "AWS S3"
     bucket = connection.bucket
+    if isinstance(exc, HTTPClientError) and isinstance(exc.kwargs.get("error"), SourceError):
+        exc = exc.kwargs["error"]  # raised under botocore by network.connect
+    if isinstance(exc, SourceError):
+        return exc
     if isinstance(exc, SSLError):
         return SourceError(
             f"TLS failed when talking to {where}: the server's certificate is not trusted. "
@@ -94,7 +177,7 @@ def describe_error(exc: Exception, connection, *, key: str = "") -> SourceError:
     if isinstance(exc, NoCredentialsError):
         return SourceError("No credentials: enter an access key and secret for this connection.")
     if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
+        code = error_code(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in ("InvalidAccessKeyId", "InvalidClientTokenId"):
             return SourceError(f"{where} does not know this access key. Check the access key id.")
@@ -111,10 +194,15 @@ def describe_error(exc: Exception, connection, *, key: str = "") -> SourceError:
                 f"Access denied to s3://{bucket}/{key}: the credentials are valid but lack permission "
                 "(s3:ListBucket and s3:GetObject are needed)."
             )
-        return SourceError(f"{where} answered {code or status}: {exc.response.get('Error', {}).get('Message', '')}")
-    if isinstance(exc, BotoCoreError):
-        return SourceError(f"Talking to {where} failed: {exc}")
-    return SourceError(str(exc))
+        if 300 <= (status or 0) < 400:
+            return SourceError(
+                f"{where} answered HTTP {status} (a redirect), which the console does not follow for S3. "
+                "Point the connection at the store's own endpoint."
+            )
+        answered = f"HTTP {status}" + (f" ({code})" if code and code != str(status) else "")
+        return SourceError(f"{where} answered {answered}.")
+    # Other botocore errors can quote what the server sent (a parser error quotes the body): only their kind.
+    return SourceError(f"Talking to {where} failed ({type(exc).__name__}).")
 
 
 # Answers to a listing that mean "this store does not do ListObjectsV2", not "you may not".

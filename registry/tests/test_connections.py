@@ -101,7 +101,7 @@ def test_credentials_are_checked_and_each_failure_named(cast, strict_s3, who, me
 
 
 def test_a_local_folder_outside_the_allowed_roots_is_refused(cast):
-    with pytest.raises(Exception, match="outside the folders an administrator allows"):
+    with pytest.raises(Exception, match="outside the folders an administrator gives this workspace"):
         services.connection_create(workspace=cast.team, name="etc", kind="local", root_path="/etc")
 
 

@@ -56,5 +56,37 @@ def test_a_folder_that_does_not_exist_says_so(cast, shelf):
 
 
 def test_a_connection_outside_the_allowed_roots_cannot_be_saved(cast):
-    with pytest.raises(DomainError, match="outside the folders an administrator allows"):
+    with pytest.raises(DomainError, match="outside the folders an administrator gives this workspace"):
         services.connection_create(workspace=cast.team, name="root", kind="local", root_path="/")
+
+
+def test_an_artifact_with_more_files_than_allowed_is_refused_before_any_is_read(cast, tmp_path, shelf, settings):
+    settings.PLUGBOARD_MAX_ARTIFACT_FILES = 4
+    write(tmp_path / "crowded", build.base_model_files() | {f"extra/{i}.txt": b"x" for i in range(4)})
+    artifact = register_and_inspect(cast.team, shelf, name="crowded", kind="base", location="crowded")
+
+    assert artifact.status == "invalid"
+    assert artifact.problems[0].startswith("It holds ")
+    assert "more than the 4 an artifact may have" in artifact.problems[0]
+    assert artifact.inspection_bytes_read == 0
+    assert not artifact.files.exists()
+
+
+def test_the_tensor_table_lives_apart_from_the_rows_lists_load(cast, tmp_path, shelf, client):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.support.nodes import api_as
+
+    write(tmp_path / "models" / "tiny", build.base_model_files())
+    artifact = register_and_inspect(cast.team, shelf, name="tiny", kind="base", location="models/tiny")
+    assert len(artifact.tensors) > 10  # kept, and read where shapes are compared
+
+    api = api_as(cast.member)
+    client.force_login(cast.member)
+    with CaptureQueriesContext(connection) as queries:
+        assert api.get("/api/v1/models/").status_code == 200
+        assert client.get("/models/").status_code == 200
+    loaded = " ".join(q["sql"] for q in queries.captured_queries)
+    assert "registry_artifact" in loaded
+    assert "registry_artifacttensors" not in loaded
