@@ -7,6 +7,7 @@ worker; the worker_ready signal below starts the reporting."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import threading
@@ -32,6 +33,22 @@ class AgentConfig:
     cache_quota_bytes: int
 
 
+def internal_address(text: str) -> str:
+    """Returns `text`, the node's internal address: its model servers listen only there (`--host`) and
+    the web process reaches them at it. Raises ValueError for a wildcard address, which would make
+    every model server of the node listen on all of the host's networks."""
+    try:
+        ip = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return text  # a host name, which the servers and the console resolve alike
+    if ip.is_unspecified:
+        raise ValueError(
+            f"{text} is not an address the model servers may listen on: it would open them to every network "
+            "of this host. Give the node's internal address (e.g. 10.0.0.5), which the web process can reach."
+        )
+    return text
+
+
 def config_from_env() -> AgentConfig | None:
     """This process's node, when it runs as a node agent; None in web and control workers."""
     name = os.environ.get("PLUGBOARD_NODE_NAME")
@@ -39,7 +56,7 @@ def config_from_env() -> AgentConfig | None:
         return None
     return AgentConfig(
         name=name,
-        address=os.environ["PLUGBOARD_NODE_ADDRESS"],
+        address=internal_address(os.environ["PLUGBOARD_NODE_ADDRESS"]),
         cache_dir=Path(os.environ["PLUGBOARD_NODE_CACHE_DIR"]),
         cache_quota_bytes=int(os.environ["PLUGBOARD_NODE_CACHE_QUOTA"]),
     )

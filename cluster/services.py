@@ -13,13 +13,15 @@ from django.db import models, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from audit.services import audit_record
 from cluster import tasks
 from cluster.cache import ArtifactCache, FetchCancelled, FetchError, Wanted, evict_lru
 from cluster.inventory import Inventory, cpu_name
 from cluster.models import Accelerator, CachedArtifact, CacheLease, Node
 from config.errors import DomainError
-from registry.models import Artifact, ArtifactStatus
+from registry.models import Artifact, ArtifactStatus, Connection, ConnectionKind
 from registry.sources import SourceError, open_source
+from registry.sources.hf import endpoint_of
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,7 @@ def artifact_fetch_request(*, artifact: Artifact, node: Node) -> CachedArtifact:
             started_at=None,
             finished_at=None,
         )
+        audit_record(action=f"{artifact.kind_noun}.fetch", target=artifact, detail={"node": node.name})
         transaction.on_commit(lambda: tasks.fetch_artifact.apply_async(args=[cached.pk], queue=node.queue))
     cached.refresh_from_db()
     return cached
@@ -153,6 +156,9 @@ def artifact_fetch_cancel(*, cached: CachedArtifact) -> CachedArtifact:
     if not stopped:
         raise DomainError("This fetch is not running.")
     cached.refresh_from_db()
+    audit_record(
+        action=f"{cached.artifact.kind_noun}.fetch_cancel", target=cached.artifact, detail={"node": cached.node.name}
+    )
     return cached
 
 
@@ -182,7 +188,16 @@ def artifact_fetch_run(*, cached_id: int, cache: ArtifactCache) -> CachedArtifac
         if largest is not None and not source.supports_ranges(largest.path):
             # Each chunk would stream the file from its start: read every file once, front to back.
             cache = ArtifactCache(cache.root, chunk_size=max(w.size for w in wanted) or 1, parallel=1)
-        report = cache.fetch(cached.key, wanted, read, progress=progress, local_file=local_file)
+        report = cache.fetch(
+            cached.key, wanted, read, scope=fetch_scope(artifact.connection), progress=progress, local_file=local_file
+        )
+        if artifact.connection.kind == ConnectionKind.LOCAL:
+            try:  # a file edited while it was copied: what the cache holds may be half old, half new
+                _check_folder_unchanged(artifact, source)
+            except DomainError:
+                if report.bytes_transferred:  # this run copied it (a folder already whole was checked before)
+                    cache.remove_artifact(cached.key)
+                raise
     except FetchCancelled:
         return _finish(cached_id, CachedArtifact.Status.CANCELLED, "Cancelled.")
     except (FetchError, SourceError, DomainError) as exc:
@@ -230,10 +245,23 @@ def _throttled(read, max_bytes_per_second: int):
     return throttled_read
 
 
+def fetch_scope(connection: Connection) -> str:
+    """Returns the sharing scope of what a node's cache fetches through `connection`: the cache hands a file to
+    a fetch without downloading it only from bytes a fetch of the same scope downloaded and verified. Files of
+    a hub read without credentials are public there (anyone may download them); anything else stays within
+    its workspace, so no source can claim its way to another team's private bytes."""
+    if connection.kind == ConnectionKind.HF and not connection.has_secrets and not connection.use_ambient_credentials:
+        return f"hub:{endpoint_of(connection)}"
+    return f"workspace:{connection.workspace_id}"
+
+
 def _check_unchanged(artifact: Artifact, source, manifest) -> None:
     """Refuses to mix in content that changed at the source since registration."""
-    if artifact.connection.kind != "s3":
-        return  # the hub is pinned to a commit; local files are verified by size and checksum when copied
+    if artifact.connection.kind == ConnectionKind.LOCAL:
+        _check_folder_unchanged(artifact, source)
+        return
+    if artifact.connection.kind != ConnectionKind.S3:
+        return  # the hub is pinned to a commit, and its files are verified by their sha256 or git blob id
     for f in manifest:
         now = source.current(f.path)
         if (now.size, now.checksum) != (f.size, f.checksum):
@@ -241,6 +269,19 @@ def _check_unchanged(artifact: Artifact, source, manifest) -> None:
                 f"{f.path} changed at the source since registration (ETag {f.checksum} → {now.checksum}). "
                 "Inspect the artifact again to register the new content."
             )
+
+
+def _check_folder_unchanged(artifact: Artifact, source) -> None:
+    """Refuses a local folder whose files changed since registration. Its manifest holds no checksum (that
+    would mean reading every byte to register), so its revision, a digest of every file's name, size and
+    modification time, is what tells."""
+    revision, _ = source.resolve()
+    if revision != artifact.resolved_revision:
+        raise DomainError(
+            f"Files of {artifact.name} in the local folder changed since registration (a name, size or "
+            "modification time differs), so the copy cannot be verified. Inspect the artifact again to register "
+            "the new content."
+        )
 
 
 class _ProgressWriter:
@@ -345,6 +386,9 @@ def cache_remove_request(*, cached: CachedArtifact) -> None:
             f"{cached.artifact.name} is in use on {cached.node.name}; stop what uses it first.", status=409
         )
     queue = cached.node.queue
+    audit_record(
+        action=f"{cached.artifact.kind_noun}.uncache", target=cached.artifact, detail={"node": cached.node.name}
+    )
     transaction.on_commit(lambda: tasks.remove_cached_artifact.apply_async(args=[cached.pk], queue=queue))
 
 

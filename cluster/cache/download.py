@@ -85,16 +85,12 @@ def plan(
     wanted: list[Wanted],
     read: RangeReader,
     local_file: Callable[[Wanted], Path | None] | None,
+    scope: str,
 ) -> list[Job]:
     """Returns one job per distinct content: paths of one artifact with the same checksum share a download."""
     jobs: dict[str, Job] = {}
     for w in wanted:
-        ident = w.ident()
-        if ident is not None:
-            name = f"{ident[0]}.{ident[1]}"
-        else:
-            # No checksum to name it by: a name stable across runs of this artifact, so a partial file resumes.
-            name = "none." + hashlib.sha256(f"{key}\0{w.path}\0{w.size}".encode()).hexdigest()[:40]
+        name = job_name(key, w, scope)
         job = jobs.get(name)
         if job is not None:
             if job.size != w.size:
@@ -108,7 +104,8 @@ def plan(
         jobs[name] = Job(
             root=cache.root,
             name=name,
-            ident=ident,
+            ident=w.ident(),
+            scope=scope,
             wanted=w,
             read=_bind(read, w.path),
             local_source=Path(source) if source is not None else None,
@@ -116,6 +113,18 @@ def plan(
             chunk_size=cache.chunk_size,
         )
     return list(jobs.values())
+
+
+def job_name(key: str, w: Wanted, scope: str) -> str:
+    """Returns the name of the partial file (and blob lock) of `w`: stable across runs, so a killed fetch
+    resumes, and never the same for two fetches that may not share bytes, so that the chunks one left on disk
+    never reach another. Chunks stay within the scope; for a claim weaker than the sha256 blobs are named by
+    (an ETag, a git blob id, none), within the artifact too, as its blobs would."""
+    ident = w.ident()
+    if ident is None:
+        return "none." + hashlib.sha256(f"{scope}\0{key}\0{w.path}\0{w.size}".encode()).hexdigest()[:40]
+    owner = scope if ident[0] == "sha256" else f"{scope}\0{key}"
+    return f"{ident[0]}.{ident[1]}.{hashlib.sha256(owner.encode()).hexdigest()[:16]}"
 
 
 def _bind(read: RangeReader, path: str) -> ChunkReader:
@@ -226,7 +235,7 @@ class Download:
                 return
 
     def _finalize(self, job: Job) -> None:
-        """Verifies the finished partial file, gives it its final blob names and links it into `staging`.
+        """Verifies the finished partial file, gives it its blob name and links it into `staging`.
         On a mismatch, deletes the partial file and raises FetchError."""
         verified, actual, sha256 = job.verifier.result()
         if verified is False:

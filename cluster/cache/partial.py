@@ -33,6 +33,7 @@ class Job:
         root: Path,
         name: str,
         ident: tuple[str, str] | None,
+        scope: str,
         wanted: Wanted,
         read: ChunkReader,
         local_source: Path | None,
@@ -42,11 +43,12 @@ class Job:
         self.root = root
         self.name = name
         self.ident = ident
+        self.scope = scope  # who may share the bytes this job stores (see store.py)
         self.wanted = wanted
         self.size = wanted.size
         self.paths = [wanted.path]
         self.read = read
-        self.local_source = local_source
+        self.local_source = local_source  # a file on this host to copy instead of reading the source
         self.partial = root / "partial" / f"{name}.part"
         self.sidecar = root / "partial" / f"{name}.part.json"
         self.lock = lock  # the blob's lock: one process downloads a content at a time
@@ -54,10 +56,10 @@ class Job:
         self.done: set[int] = set()
         self.cursor = 0  # chunks hashed so far
         self.fd = -1
-        self.linked = False  # the partial file is a hard link to the local source (read-only to us)
         self.finished = False
         self.discarded = False
         self.unverified = False
+        self.sha256 = ""  # of the blob that ended up holding the bytes, once stored or shared
         self.verifier = Verifier(ident, wanted.size)
         self.state = threading.Lock()
         self.hash_lock = threading.Lock()
@@ -75,10 +77,6 @@ class Job:
 
     def bytes_needed(self) -> int:
         """Returns the bytes this job will still write to the cache's disk (an estimate taken without its lock)."""
-        if self.local_source is not None:
-            with suppress(OSError):
-                if os.stat(self.local_source).st_dev == os.stat(self.root).st_dev:
-                    return 0  # a hard link will do
         loaded = self._load_sidecar()
         if loaded is None:
             return self.size
@@ -103,8 +101,9 @@ class Job:
         return chunk_size, {i for i in data["done"] if isinstance(i, int) and 0 <= i < count}
 
     def open(self) -> int:
-        """Prepares the partial file (resuming an earlier run's chunks, or hard-linking a local source) and
-        returns the bytes that need no transfer; the caller holds the blob lock."""
+        """Prepares the partial file (resuming an earlier run's chunks) and returns the bytes that need no transfer;
+        the caller holds the blob lock. A local source is copied chunk by chunk like any other, never hard-linked:
+        the cache must own its bytes, or editing the original would change what deployments load."""
         reused = 0
         source = self.local_source
         if source is not None:
@@ -123,26 +122,14 @@ class Job:
             reused += self._chunk_bytes(self.done)
         else:
             self.forget_partial()
-            if source is not None:
-                try:
-                    os.link(source, self.partial)
-                except OSError:
-                    pass  # another file system, or hard links not allowed here: copy it chunk by chunk
-                else:
-                    self.linked = True
-                    self.done = set(range(self.chunks))
-                    reused += self.size
         # Further paths with the same content are linked, not transferred.
         reused += self.size * (len(self.paths) - 1)
-        if source is not None and not self.linked:
+        if source is not None:
             self.read = local_reader(source)
         try:
-            if self.linked:
-                self.fd = os.open(self.partial, os.O_RDONLY)  # the user's file: never write to it
-            else:
-                self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
-                if loaded is None:
-                    os.ftruncate(self.fd, self.size)  # sparse; chunks are written at their offsets
+            self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
+            if loaded is None:
+                os.ftruncate(self.fd, self.size)  # sparse; chunks are written at their offsets
         except OSError as exc:
             raise self.write_error(exc) from None
         self._last_saved = time.monotonic()
@@ -182,7 +169,7 @@ class Job:
         """Records `done` in the sidecar, after an fsync so that every chunk it names is on disk; the sidecar is
         replaced atomically (temp + rename), so a crash leaves the old one or the new one."""
         with self.save_lock:
-            if self.discarded or self.sealed or self.linked or not done:
+            if self.discarded or self.sealed or not done:
                 return
             temp = self.sidecar.with_name(f"{self.sidecar.name}.tmp")
             try:
@@ -252,9 +239,6 @@ class Job:
                     self._save(snapshot)
             os.close(self.fd)
             self.fd = -1
-        if self.linked and not self.finished:
-            with suppress(FileNotFoundError):
-                self.partial.unlink()  # a link to the user's file; relinking next time is free
         self.lock.release()
 
     def write_error(self, exc: OSError) -> FetchError:
@@ -267,7 +251,7 @@ class Job:
 
 
 def local_reader(source: Path) -> ChunkReader:
-    """Returns a range reader over a local file, for copying one that cannot be hard-linked."""
+    """Returns a range reader over a local file, for copying it into the cache."""
 
     def read(start: int, end: int) -> Iterator[bytes]:
         with open(source, "rb", buffering=0) as f:

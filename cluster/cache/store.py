@@ -1,9 +1,13 @@
-"""The content-addressed store: blobs named by their checksums, artifact folders of hard links to them,
-garbage collection of unlinked blobs, disk accounting, and eviction of the least recently used artifacts."""
+"""The content-addressed store: blobs named by the sha256 the node computed, shared only within the scopes
+that stored them; artifact folders of hard links to blobs; garbage collection of unlinked blobs, disk
+accounting, and eviction of the least recently used artifacts."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,7 +15,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.cache import disk
+from cluster.cache import disk, layout
 from cluster.cache.download import Download, RangeReader, Run, plan
 from cluster.cache.locks import FileLock
 from cluster.cache.manifest import FetchError, Wanted, check_files, check_key
@@ -19,14 +23,14 @@ from cluster.cache.partial import Job
 
 MiB = 1024 * 1024
 SPACE_MARGIN = 64 * MiB  # kept free on top of what a fetch needs, so the node does not fill its disk to the last byte
-UNVERIFIED = ".unverified"  # suffix of a blob whose checksum could not be checked (an unguessable multipart ETag)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
 class FetchReport:
     path: Path  # root/artifacts/<key>/, holding every file of the artifact under its relative path
     bytes_transferred: int  # bytes read from the source (or copied from a local file) by this call
-    bytes_reused: int  # bytes that needed no transfer: cached blobs, chunks of partial files, hard-linked local files
+    bytes_reused: int  # bytes that needed no transfer: shared blobs, chunks of partial files, repeated contents
     unverified: list[str]  # paths checked by size only (no usable checksum, or an unguessable multipart ETag)
 
 
@@ -53,11 +57,22 @@ class ArtifactCache:
         return self.artifact_path(key).is_dir()
 
     def _ensure_layout(self) -> None:
-        for sub in ("artifacts", "blobs/sha256", "blobs/git-sha1", "blobs/etag", "partial", "locks", "staging"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        layout.ensure(self)
 
     def lock_path(self, name: str) -> Path:
         return self.root / "locks" / f"{name}.lock"
+
+    def blob_path(self, sha256: str) -> Path:
+        """Returns root/blobs/sha256/<sha256>: the bytes the node hashed to `sha256` when it stored them."""
+        return self.root / "blobs" / "sha256" / sha256
+
+    def _scope_mark(self, sha256: str, scope: str) -> Path:
+        """Returns the file whose presence says that a fetch of `scope` downloaded and verified these bytes.
+        The scope is hashed: it is the caller's string, not a safe file name."""
+        return self.root / "records" / "blobs" / sha256 / hashlib.sha256(scope.encode()).hexdigest()[:32]
+
+    def _record_path(self, key: str) -> Path:
+        return self.root / "records" / "artifacts" / f"{key}.json"
 
     @contextmanager
     def gc_lock(self, *, shared: bool) -> Iterator[None]:
@@ -70,15 +85,19 @@ class ArtifactCache:
         finally:
             lock.release()
 
-    def _find_blob(self, ident: tuple[str, str] | None) -> Path | None:
-        """Returns the blob holding this checksum's content, or None when the cache does not have it."""
-        if ident is None:
+    def shared_blob(self, job: Job) -> Path | None:
+        """Returns the blob this job may take without downloading it, or None.
+
+        Only a sha256 that the source states (a strong hash) names a blob, and only a blob that a fetch of the
+        same scope downloaded and verified may be taken: bytes another scope stored reach this one only by
+        being downloaded again from this one's own source."""
+        if job.ident is None or job.ident[0] != "sha256":
+            return None  # an ETag, a git blob id or no checksum at all: what the source claims is not enough
+        sha256 = job.ident[1]
+        blob = self.blob_path(sha256)
+        if not self._scope_mark(sha256, job.scope).is_file() or not blob.is_file():
             return None
-        kind, name = ident
-        for path in (self.root / "blobs" / kind / name, self.root / "blobs" / kind / (name + UNVERIFIED)):
-            if path.is_file():
-                return path
-        return None
+        return blob
 
     # Fetch ----------------------------------------------------------------
 
@@ -88,19 +107,25 @@ class ArtifactCache:
         files: list[Wanted],
         read: RangeReader,
         *,
+        scope: str = "",
         progress: Callable[[int, int], None] | None = None,
         local_file: Callable[[Wanted], Path | None] | None = None,
     ) -> FetchReport:
         """Makes root/artifacts/<key>/ hold exactly `files`, verified, and returns what it took.
 
-        Downloads only the blobs the cache lacks, and of those only the chunks no
-        earlier (interrupted) run left on disk. Raises FetchError (checksum or
-        size mismatch, disk full), FetchCancelled (from `progress`), ValueError
-        (bad key or paths), or whatever `read` raises; partial files stay for a
-        later resume except after a mismatch, which deletes them.
+        Downloads only the files the cache may not share with this fetch, and of
+        those only the chunks no earlier (interrupted) run of the same scope left
+        on disk. `scope` names who may share bytes (see the package's docstring);
+        blank, the fetch shares with fetches of the same key only. `local_file`
+        names a file on this host to copy instead of reading `read` (never linked:
+        the cache keeps its own copy). Raises FetchError (checksum or size
+        mismatch, disk full), FetchCancelled (from `progress`), ValueError (bad
+        key or paths), or whatever `read` raises; partial files stay for a later
+        resume except after a mismatch, which deletes them.
         """
         check_key(key)
         check_files(files)
+        scope = scope or f"artifact:{key}"
         self._ensure_layout()
         run = Run(sum(w.size for w in files), progress)
         run.tick(force=True)
@@ -108,42 +133,38 @@ class ArtifactCache:
         lock.acquire(tick=run.tick)  # one fetch per key at a time, in any process
         try:
             final = self.artifact_path(key)
-            if self._is_current(final, files):
+            record = self._current_record(key, files, scope)
+            if record is not None:
                 run.add_reused(run.total)
                 run.tick(force=True)
-                return FetchReport(final, 0, run.total, self._unverified_of(files))
-            return self._build(key, files, read, local_file, run)
+                unverified = sorted(path for path, entry in record["files"].items() if not entry["verified"])
+                return FetchReport(final, 0, run.total, unverified)
+            return self._build(key, files, read, local_file, scope, run)
         finally:
             lock.release()
 
-    def _is_current(self, final: Path, wanted: list[Wanted]) -> bool:
-        """Returns whether the complete artifact folder holds exactly these files, each linked to its blob."""
+    def _current_record(self, key: str, wanted: list[Wanted], scope: str) -> dict | None:
+        """Returns the artifact's record when its complete folder holds exactly these files, built for this scope,
+        each verified against the same claim and linked to its blob; else None."""
+        final = self.artifact_path(key)
         if not final.is_dir():
-            return False
+            return None
         try:
+            record = json.loads(self._record_path(key).read_text())
+            files = record["files"]
+            if record.get("scope") != scope or set(files) != {w.path for w in wanted}:
+                return None
             if sum(1 for _ in disk.walk(final)) != len(wanted):
-                return False
+                return None
             for w in wanted:
-                st = (final / w.path).stat()
-                if st.st_size != w.size:
-                    return False
-                ident = w.ident()
-                if ident is not None:
-                    blob = self._find_blob(ident)
-                    if blob is None or blob.stat().st_ino != st.st_ino:
-                        return False
-        except OSError:
-            return False
-        return True
-
-    def _unverified_of(self, wanted: list[Wanted]) -> list[str]:
-        """Returns the paths of an already complete artifact that were only checked by size."""
-        unverified = []
-        for w in wanted:
-            blob = self._find_blob(w.ident())
-            if blob is None or blob.name.endswith(UNVERIFIED):
-                unverified.append(w.path)
-        return sorted(unverified)
+                entry = files[w.path]
+                if entry["size"] != w.size or entry["claim"] != _claim(w) or not _SHA256.fullmatch(entry["sha256"]):
+                    return None
+                if self.blob_path(entry["sha256"]).stat().st_ino != (final / w.path).stat().st_ino:
+                    return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None  # no record (an artifact of layout 1, or a crash), or not one this code wrote
+        return record
 
     def _build(
         self,
@@ -151,21 +172,24 @@ class ArtifactCache:
         wanted: list[Wanted],
         read: RangeReader,
         local_file: Callable[[Wanted], Path | None] | None,
+        scope: str,
         run: Run,
     ) -> FetchReport:
-        """Assembles the artifact in staging/, then renames it into place. The caller holds the key's lock."""
+        """Assembles the artifact in staging/, records it, then renames it into place. The caller holds the key's
+        lock."""
         final = self.artifact_path(key)
         key_staging = self.root / "staging" / key
         # Left by a killed run: nobody else may be using it while we hold the key's lock.
         shutil.rmtree(key_staging, ignore_errors=True)
         staging = key_staging / uuid.uuid4().hex
         staging.mkdir(parents=True)
-        jobs = plan(self, key, wanted, read, local_file)
+        jobs = plan(self, key, wanted, read, local_file, scope)
         try:
             with self.gc_lock(shared=True):
                 missing = [job for job in jobs if not self.link_cached(job, staging, run)]
             self._check_space(missing)
             Download(self, staging, run).produce(missing)
+            self._write_record(key, scope, jobs)
             old = None
             if final.exists():  # an older or damaged version of this key: swap the new one in
                 old = key_staging / f"old-{uuid.uuid4().hex}"
@@ -182,22 +206,36 @@ class ArtifactCache:
         unverified = sorted(path for job in jobs if job.unverified for path in job.paths)
         return FetchReport(final, run.transferred, run.reused, unverified)
 
+    def _write_record(self, key: str, scope: str, jobs: list[Job]) -> None:
+        """Records, for the artifact about to appear, each file's claim, whether it was verified and its blob;
+        a later fetch of the key trusts the folder only if it still matches (atomic: temp + rename)."""
+        files = {
+            path: {"size": job.size, "claim": _claim(job.wanted), "sha256": job.sha256, "verified": not job.unverified}
+            for job in jobs
+            for path in job.paths
+        }
+        target = self._record_path(key)
+        temp = target.with_name(f"{target.name}.{uuid.uuid4().hex}.tmp")
+        temp.write_text(json.dumps({"version": layout.VERSION, "scope": scope, "files": files}))
+        os.replace(temp, target)
+
     def link_cached(self, job: Job, staging: Path, run: Run) -> bool:
-        """Links the job's blob into `staging` when the cache already holds it; returns whether it did.
-        The caller holds the gc lock (shared)."""
-        blob = self._find_blob(job.ident)
+        """Links the job's blob into `staging` when the cache may share it with this job (shared_blob); returns
+        whether it did. The caller holds the gc lock (shared)."""
+        blob = self.shared_blob(job)
         if blob is None:
             return False
         size = blob.stat().st_size
         if size != job.size:
             raise FetchError(
-                f"{job.paths[0]}: the manifest says {job.size} bytes, but the cached file with the same checksum "
+                f"{job.paths[0]}: the manifest says {job.size} bytes, but the cached file with the same sha256 "
                 f"({job.wanted.checksum}) has {size}: the registration is inconsistent; re-register the artifact."
             )
         for path in job.paths:
             disk.link(blob, staging / path)
         job.finished = True
-        job.unverified = blob.name.endswith(UNVERIFIED)
+        job.unverified = False  # the blob's bytes hash to the sha256 the manifest states: the node hashed them
+        job.sha256 = blob.name
         run.add_reused(job.size * len(job.paths))
         return True
 
@@ -214,32 +252,21 @@ class ArtifactCache:
             )
 
     def store(self, job: Job, sha256: str) -> Path:
-        """Moves the verified partial file to its blob name(s) and returns the blob to link. The caller holds
-        the job's blob lock and the gc lock (shared)."""
-        blobs = self.root / "blobs"
-        sha_path = blobs / "sha256" / sha256
-        named: Path | None = None
-        if job.ident is not None:
-            kind, name = job.ident
-            named = blobs / kind / (name + UNVERIFIED if job.unverified else name)
-        if sha_path.exists():
-            # These bytes are already stored (known by sha256 to another artifact): keep one copy.
-            if named is not None and named != sha_path:
-                disk.link_replace(sha_path, named)
-            os.unlink(job.partial)
-            job.forget_sidecar()
-            return sha_path
-        if named is None or named == sha_path:
-            os.rename(job.partial, sha_path)
-            job.forget_sidecar()
-            return sha_path
-        os.rename(job.partial, named)
-        job.forget_sidecar()
+        """Gives the verified partial file its blob name, the sha256 the node computed over it (or, when the
+        cache already holds those bytes, keeps that one copy), marks the blob as stored by the job's scope,
+        and returns it. The caller holds the job's blob lock and the gc lock (shared)."""
+        blob = self.blob_path(sha256)
         try:
-            os.link(named, sha_path)
-        except FileExistsError:  # another fetch stored the same bytes under sha256 just now: share its copy
-            disk.link_replace(sha_path, named)
-        return named
+            os.link(job.partial, blob)  # never replaces: a blob another fetch stored just now stays as it is
+        except FileExistsError:
+            pass  # the same bytes, by their sha256: keep one copy
+        os.unlink(job.partial)
+        job.forget_sidecar()
+        mark = self._scope_mark(sha256, job.scope)
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.touch()
+        job.sha256 = sha256
+        return blob
 
     # Disk accounting and removal ------------------------------------------
 
@@ -292,6 +319,8 @@ class ArtifactCache:
             trash = key_staging / f"removed-{uuid.uuid4().hex}"
             key_staging.mkdir(parents=True, exist_ok=True)
             os.rename(final, trash)  # the artifact disappears at once, never half-removed
+            with suppress(FileNotFoundError):
+                self._record_path(key).unlink()
             # Files no blob holds (should not exist, but a crash could leave some) are freed with the folder.
             freed = sum(disk.usage(st) for st, count in _inode_counts(trash).values() if st.st_nlink == count)
             shutil.rmtree(key_staging, ignore_errors=True)
@@ -321,7 +350,8 @@ class ArtifactCache:
                     lock.release()
 
     def _collect_garbage(self) -> int:
-        """Deletes every blob (all its names) that no artifact or staging folder links; returns the bytes freed."""
+        """Deletes every blob that no artifact or staging folder links, with the record of who stored it;
+        returns the bytes freed."""
         with self.gc_lock(shared=False):
             self._remove_abandoned_staging()
             referenced = self._referenced()
@@ -335,9 +365,18 @@ class ArtifactCache:
                 for name in names:
                     with suppress(FileNotFoundError):
                         name.unlink()
-                if st.st_nlink == len(names):  # otherwise a link outside the cache (a local source) keeps the bytes
+                if st.st_nlink == len(names):  # otherwise a link outside the cache keeps the bytes
                     freed += disk.usage(st)
+            for marks in list((self.root / "records" / "blobs").glob("*")):
+                if not self.blob_path(marks.name).exists():
+                    shutil.rmtree(marks, ignore_errors=True)
             return freed
+
+
+def _claim(wanted: Wanted) -> str:
+    """Returns what the manifest says a file's bytes are ("etag:<md5>", "sha256:<hex>"), or "" for nothing."""
+    ident = wanted.ident()
+    return f"{ident[0]}:{ident[1]}" if ident is not None else ""
 
 
 def _inode_counts(folder: Path) -> dict[tuple[int, int], tuple[os.stat_result, int]]:

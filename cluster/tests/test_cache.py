@@ -115,10 +115,9 @@ def test_a_file_is_fetched_verified_and_linked_to_its_blob(cache, kind):
     assert report.bytes_reused == 0
     assert report.unverified == []
     assert cache.has_artifact("base")
-    named = cache.root / "blobs" / kind / files[0].checksum
-    alias = cache.root / "blobs" / "sha256" / sha256(data)
-    assert os.path.samefile(named, report.path / "weights/model.safetensors")
-    assert os.path.samefile(alias, named)
+    # Named by the sha256 the node computed, whatever the manifest's kind of checksum.
+    assert blob_files(cache.root) == sorted(cache.root / "blobs" / "sha256" / sha256(d) for d in (data, b'{"a": 1}'))
+    assert os.path.samefile(cache.root / "blobs" / "sha256" / sha256(data), report.path / "weights/model.safetensors")
     assert partial_files(cache.root) == []
 
 
@@ -130,7 +129,7 @@ def test_a_multipart_etag_is_verified_by_guessing_the_part_size(cache):
     report = cache.fetch("multi", files, MemorySource({"model.bin": data}, piece=MiB))
 
     assert report.unverified == []
-    assert (cache.root / "blobs" / "etag" / etag).is_file()
+    assert blob_files(cache.root) == [cache.root / "blobs" / "sha256" / sha256(data)]
 
 
 def test_a_multipart_etag_whose_part_size_cannot_be_guessed_is_accepted_by_size_and_reported(cache):
@@ -142,9 +141,8 @@ def test_a_multipart_etag_whose_part_size_cannot_be_guessed_is_accepted_by_size_
 
     assert report.unverified == ["model.bin"]
     assert (report.path / "model.bin").read_bytes() == data
-    assert (cache.root / "blobs" / "etag" / f"{etag}.unverified").is_file()
-    # Fetched again (or shared with another artifact), it is still reported as checked by size only.
-    assert cache.fetch("odd-parts-again", files, MemorySource({})).unverified == ["model.bin"]
+    # Fetched again, it is still reported as checked by size only.
+    assert cache.fetch("odd-parts", files, MemorySource({})).unverified == ["model.bin"]
 
 
 def test_a_file_without_a_checksum_is_stored_under_its_sha256_and_reported_unverified(cache):
@@ -177,13 +175,15 @@ def test_the_same_content_under_two_paths_of_one_artifact_is_downloaded_once(cac
 # Sharing between artifacts --------------------------------------------------
 
 
-def test_a_file_already_cached_is_not_downloaded_again(cache):
+def test_a_file_already_cached_in_the_same_scope_is_not_downloaded_again(cache):
     shared = os.urandom(MiB)
     own = os.urandom(200 * KiB)
     source = MemorySource({"base.bin": shared, "adapter.bin": own})
-    cache.fetch("first", [wanted("base.bin", shared)], source)
+    cache.fetch("first", [wanted("base.bin", shared)], source, scope="workspace:1")
 
-    report = cache.fetch("second", [wanted("base.bin", shared), wanted("adapter.bin", own)], source)
+    report = cache.fetch(
+        "second", [wanted("base.bin", shared), wanted("adapter.bin", own)], source, scope="workspace:1"
+    )
 
     assert report.bytes_transferred == len(own)
     assert report.bytes_reused == len(shared)
@@ -193,12 +193,13 @@ def test_a_file_already_cached_is_not_downloaded_again(cache):
 def test_a_file_known_by_etag_in_one_artifact_and_by_sha256_in_another_is_stored_once(cache):
     data = os.urandom(MiB)
     source = MemorySource({"model.bin": data})
-    cache.fetch("from-s3", [wanted("model.bin", data, "etag")], source)
+    cache.fetch("from-s3", [wanted("model.bin", data, "etag")], source, scope="workspace:1")
 
-    report = cache.fetch("from-hub", [wanted("model.bin", data, "sha256")], source)
+    report = cache.fetch("from-hub", [wanted("model.bin", data, "sha256")], source, scope="workspace:1")
 
     assert report.bytes_transferred == 0
     assert os.path.samefile(cache.artifact_path("from-s3") / "model.bin", report.path / "model.bin")
+    assert blob_files(cache.root) == [cache.root / "blobs" / "sha256" / sha256(data)]
 
 
 def test_two_fetches_of_the_same_file_at_once_download_it_once(tmp_path):
@@ -209,7 +210,7 @@ def test_two_fetches_of_the_same_file_at_once_download_it_once(tmp_path):
     def fetch(key: str) -> None:
         # Two cache objects on one folder behave like two processes: separate lock descriptors.
         cache = ArtifactCache(tmp_path / "cache", chunk_size=256 * KiB, parallel=2)
-        reports[key] = cache.fetch(key, [wanted("model.bin", data)], source)
+        reports[key] = cache.fetch(key, [wanted("model.bin", data)], source, scope="workspace:1")
 
     threads = [threading.Thread(target=fetch, args=(key,)) for key in ("one", "two")]
     for thread in threads:
@@ -310,14 +311,17 @@ def test_a_fetch_killed_mid_way_resumes_without_downloading_everything_again(tmp
         """
     )
     process = subprocess.Popen([sys.executable, "-c", child], cwd=REPO)
-    sidecar = root / "partial" / f"sha256.{sha256(data)}.part.json"
+
+    def sidecar() -> Path:
+        return next((root / "partial").glob(f"sha256.{sha256(data)}.*.part.json"))
+
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                if len(json.loads(sidecar.read_text())["done"]) >= 4:
+                if len(json.loads(sidecar().read_text())["done"]) >= 4:
                     break
-            except (OSError, ValueError):
+            except (OSError, ValueError, StopIteration):
                 pass
             time.sleep(0.02)
         assert process.poll() is None, "the child finished (or died) before it could be killed"
@@ -330,7 +334,7 @@ def test_a_fetch_killed_mid_way_resumes_without_downloading_everything_again(tmp
     for blob in blob_files(root):  # nothing partial under a final name
         assert blob.parent.name == "sha256" and sha256(blob.read_bytes()) == blob.name
     assert blob_files(root) == []
-    recorded = len(json.loads(sidecar.read_text())["done"])
+    recorded = len(json.loads(sidecar().read_text())["done"])
 
     source = MemorySource({"model.bin": data})
     report = ArtifactCache(root, chunk_size=chunk, parallel=2).fetch("crash", [wanted("model.bin", data)], source)
@@ -466,7 +470,7 @@ def test_an_unsafe_path_in_the_manifest_is_refused(cache):
 # Local sources ------------------------------------------------------------------
 
 
-def test_a_local_file_is_hard_linked_not_copied(cache, tmp_path):
+def test_a_local_file_is_copied_so_editing_the_original_changes_nothing_cached(cache, tmp_path):
     data = os.urandom(700 * KiB)
     source_file = tmp_path / "store" / "model.bin"
     source_file.parent.mkdir()
@@ -476,31 +480,37 @@ def test_a_local_file_is_hard_linked_not_copied(cache, tmp_path):
     report = cache.fetch(
         "local", [wanted("model.bin", data, "")], source, local_file=lambda w: source_file.parent / w.path
     )
+    with open(source_file, "r+b") as f:  # edited in place, as an editor or a training run would
+        f.write(b"\0" * 1024)
 
-    assert report.bytes_transferred == 0
     assert source.calls == 0
-    assert os.path.samefile(report.path / "model.bin", source_file)
-    assert (cache.root / "blobs" / "sha256" / sha256(data)).is_file()
-
-
-def test_a_local_file_that_cannot_be_hard_linked_is_copied(cache, tmp_path, monkeypatch):
-    data = os.urandom(700 * KiB)
-    source_file = tmp_path / "model.bin"
-    source_file.write_bytes(data)
-    real_link = os.link
-
-    def link(src, dst, *args, **kwargs):
-        if Path(src) == source_file:  # as if the store were on another file system
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        return real_link(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "link", link)
-
-    report = cache.fetch("copied", [wanted("model.bin", data)], MemorySource({}), local_file=lambda w: source_file)
-
     assert report.bytes_transferred == len(data)
     assert not os.path.samefile(report.path / "model.bin", source_file)
+    assert os.stat(source_file).st_nlink == 1
     assert (report.path / "model.bin").read_bytes() == data
+    assert os.path.samefile(cache.root / "blobs" / "sha256" / sha256(data), report.path / "model.bin")
+
+
+def test_a_local_file_that_no_longer_matches_its_checksum_fails_the_copy(cache, tmp_path):
+    data = os.urandom(700 * KiB)
+    source_file = tmp_path / "model.bin"
+    source_file.write_bytes(b"x" * len(data))  # changed after inspection: same size, other bytes
+
+    with pytest.raises(FetchError, match="checksum mismatch: expected sha256") as failure:
+        cache.fetch("changed", [wanted("model.bin", data)], MemorySource({}), local_file=lambda w: source_file)
+
+    assert "re-register the artifact" in str(failure.value)
+    assert not cache.has_artifact("changed")
+    assert blob_files(cache.root) == []
+
+
+def test_a_local_file_whose_size_changed_fails_before_copying(cache, tmp_path):
+    data = os.urandom(300 * KiB)
+    source_file = tmp_path / "model.bin"
+    source_file.write_bytes(data + b"more")
+
+    with pytest.raises(FetchError, match=r"size mismatch: expected 307200 bytes, .*model.bin has 307204"):
+        cache.fetch("grown", [wanted("model.bin", data)], MemorySource({}), local_file=lambda w: source_file)
 
 
 # Removal and eviction -------------------------------------------------------------

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from cluster.agent import internal_address
+
 UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
@@ -24,7 +26,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--name", default=socket.gethostname().split(".")[0].lower())
-        parser.add_argument("--address", default="127.0.0.1", help="Where this node's model servers are reachable.")
+        parser.add_argument(
+            "--address", default="127.0.0.1",
+            help="This node's internal address: its model servers listen only there, and the web process must reach "
+            "it. Never 0.0.0.0 or ::.",
+        )  # fmt: skip
         parser.add_argument("--cache-dir", required=True)
         parser.add_argument("--cache-quota", default="50G")
         parser.add_argument("--concurrency", type=int, default=4)
@@ -32,6 +38,10 @@ class Command(BaseCommand):
     def handle(self, *args, name, address, cache_dir, cache_quota, concurrency, **options):
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
             raise CommandError(f"“{name}” is not a node name: use lowercase letters, digits and dashes.")
+        try:
+            internal_address(address)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         env = dict(
             os.environ,
             PLUGBOARD_NODE_NAME=name,
