@@ -24,14 +24,20 @@ class DeploymentEditForm(ResourcesForm, ServerForm):
 
     field_order = ["node", "gpus", *SETTING_FIELDS, "kv_cache_gib", "enable_prefix_caching", "extra_args", "extra_env"]
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, base=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.base = base
         self.fields["node"].required = True
         self.fields["node"].empty_label = None
         self.fields["gpus"].help_text = "GPU nodes: the GPU indices, e.g. 0,1. Ignored on a CPU node."
         self.fields["max_loras"].help_text = (
             "How many different adapters one batch of requests may use (vLLM's --max-loras); more can be attached, "
             f"they take turns. Blank for the number attached, at most {vllm_args.DEFAULT_MAX_LORAS}."
+        )
+        # Stored values are never shown (they can be secrets): the box starts with NAME=****, which keeps one.
+        self.fields["extra_env"].help_text = (
+            f"KEY=value, one per line. Values are not shown: leave a line as KEY={vllm_args.ENV_MASK} to keep its "
+            "value, type a new value to change it, remove the line to unset it."
         )
 
     @staticmethod
@@ -46,7 +52,7 @@ class DeploymentEditForm(ResourcesForm, ServerForm):
             kv_cache_gib=kv_cache_bytes / GiB if kv_cache_bytes else None,
             enable_prefix_caching=bool(settings.get("enable_prefix_caching")),
             extra_args=deployment.extra_args,
-            extra_env=deployment.extra_env,
+            extra_env=deployment.env_masked,
         )
         return initial
 

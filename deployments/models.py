@@ -6,15 +6,44 @@ from django.urls import reverse
 
 from accounts.models import Workspace
 from cluster.models import CacheLease, Node
-from config.vault import unseal
+from config.vault import seal, unseal
 from deployments import lifecycle
-from deployments.vllm_args import DEFAULT_MAX_ADAPTERS
+from deployments.vllm_args import DEFAULT_MAX_ADAPTERS, env_masked, env_names
 from registry.models import Artifact
 
 TIMELINE_EVENTS = 50  # events a deployment's page shows
 
 
-class Deployment(models.Model):
+class SealedEnvironment(models.Model):
+    """The environment variables a server gets ("NAME=value" lines, as typed), sealed at rest: values
+    can be secrets (a token, a password). Pages and the API show the names with values masked
+    (`env_masked`); only the services that check and launch the server read `env_text`."""
+
+    encrypted_env = models.BinaryField(default=b"", editable=False)
+
+    class Meta:
+        abstract = True
+
+    @staticmethod
+    def env_seal(text: str) -> bytes:
+        """Returns `text` sealed as `encrypted_env` holds it (b"" when it is blank)."""
+        return seal({"env": text}) if text.strip() else b""
+
+    @property
+    def env_text(self) -> str:
+        return unseal(self.encrypted_env).get("env", "")
+
+    @property
+    def env_names(self) -> list[str]:
+        return env_names(self.env_text)
+
+    @property
+    def env_masked(self) -> str:
+        """The names, one "NAME=****" a line: what pages show, and what an edit form starts from."""
+        return env_masked(self.env_text)
+
+
+class Deployment(SealedEnvironment):
     """What should run: a base model with adapters on a node's accelerators,
     through a model server with these arguments. The node agent reconciles
     what runs with it."""
@@ -48,7 +77,6 @@ class Deployment(models.Model):
     # max_cpu_loras, enable_prefix_caching, enforce_eager, kv_cache_bytes, cpu_threads
     settings = models.JSONField(default=dict, blank=True)
     extra_args = models.TextField(blank=True)
-    extra_env = models.TextField(blank=True)
     # How many adapters may be attached. The server keeps max_loras of them in a batch and max_cpu_loras in
     # memory, and loads the others from disk on first use, so this is a guard on the node's cache, not a slot count.
     max_adapters = models.PositiveIntegerField(
@@ -174,7 +202,7 @@ class DeploymentEvent(models.Model):
         return f"{self.deployment}: {self.message}"
 
 
-class DeploymentRevision(models.Model):
+class DeploymentRevision(SealedEnvironment):
     """A deployment's arguments and resources as one revision had them, who made it and when:
     the history the page lists, and what a rollback restores."""
 
@@ -185,7 +213,6 @@ class DeploymentRevision(models.Model):
     accelerator_indices = models.JSONField(default=list, blank=True)
     settings = models.JSONField(default=dict, blank=True)
     extra_args = models.TextField(blank=True)
-    extra_env = models.TextField(blank=True)
     restores = models.PositiveIntegerField(null=True, blank=True, help_text="The revision this one rolled back to.")
     created_by = models.ForeignKey("auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

@@ -21,7 +21,7 @@ class Snapshot:
     accelerator_indices: Sequence[int]
     settings: dict
     extra_args: str
-    extra_env: str
+    extra_env: str  # plain "NAME=value" lines; describe() never shows a value
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ class Entry:
 
 def describe(old: Snapshot, new: Snapshot) -> list[str]:
     """Returns what changed from `old` to `new`, one phrase per change: the node, the GPUs,
-    each setting (in name order), each extra argument and each environment variable."""
+    each setting (in name order), each extra argument and each environment variable (by name:
+    values can be secrets, so a changed value reads "environment: NAME changed")."""
     changes = []
     if old.node != new.node:
         changes.append(f"node {old.node} → {new.node}")
@@ -53,7 +54,7 @@ def describe(old: Snapshot, new: Snapshot) -> list[str]:
         else:
             changes.append(f"{key} {_value(key, before)} → {_value(key, after)}")
     changes += _compare("extra arguments", _arguments(old.extra_args), _arguments(new.extra_args))
-    changes += _compare("environment", _environment(old.extra_env), _environment(new.extra_env))
+    changes += _compare_environment(_environment(old.extra_env), _environment(new.extra_env))
     return changes
 
 
@@ -80,7 +81,7 @@ def snapshot_of(row) -> Snapshot:
     node = row.node.name if row.node is not None else "a removed node"
     return Snapshot(
         node=node, accelerator_indices=row.accelerator_indices or [], settings=row.settings or {},
-        extra_args=row.extra_args, extra_env=row.extra_env,
+        extra_args=row.extra_args, extra_env=row.env_text,
     )  # fmt: skip
 
 
@@ -131,14 +132,22 @@ def _arguments(text: str) -> dict[str, str]:
 
 
 def _environment(text: str) -> dict[str, str]:
-    """The environment as {name: "NAME=value"}, one `KEY=VALUE` a line; blank lines and comments skipped."""
+    """The environment as {name: value}, one `KEY=VALUE` a line; blank lines and comments skipped."""
     found = {}
     for raw in text.splitlines():
         line = raw.strip()
         if line and not line.startswith("#"):
             name, _, value = line.partition("=")
-            found[name.strip()] = f"{name.strip()}={value.strip()}"
+            found[name.strip()] = value.strip()
     return found
+
+
+def _compare_environment(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """Phrases for the variables added, changed and removed, by name only."""
+    changes = [f"environment: {name} added" for name in new if name not in old]
+    changes += [f"environment: {name} changed" for name in new if name in old and old[name] != new[name]]
+    changes += [f"environment: {name} removed" for name in old if name not in new]
+    return changes
 
 
 def _is_number(word: str) -> bool:

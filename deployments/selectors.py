@@ -76,3 +76,10 @@ def deployments_using(artifact) -> list[str]:
     (what the registry names when it refuses to delete the artifact)."""
     using = Deployment.objects.filter(Q(base=artifact) | Q(adapters__adapter=artifact)).distinct().order_by("name")
     return [f"deployment {name}" for name in using.values_list("name", flat=True)]
+
+
+def model_server_addresses() -> list[tuple[str, int]]:
+    """(node address, port) of every model server that has a port now: no storage or hub connection may
+    reach one (registry/sources/network.py)."""
+    rows = Deployment.objects.filter(port__isnull=False).values_list("node__address", "launched_node__address", "port")
+    return [(address, port) for node, launched, port in rows for address in {node, launched} if address]

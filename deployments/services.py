@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shlex
 
 from django.conf import settings as django_settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from audit.services import audit_record
 from cluster import services as cluster_services
 from cluster.models import Accelerator, Node
 from config import changes
@@ -33,7 +35,7 @@ def revision_record(*, deployment: Deployment, user=None, restores: int | None =
     return DeploymentRevision.objects.create(
         deployment=deployment, number=deployment.revision, node=deployment.node,
         accelerator_indices=list(deployment.accelerator_indices), settings=deployment.settings,
-        extra_args=deployment.extra_args, extra_env=deployment.extra_env, restores=restores,
+        extra_args=deployment.extra_args, encrypted_env=deployment.encrypted_env, restores=restores,
         created_by=user if user is not None and user.is_authenticated else None,
     )  # fmt: skip
 
@@ -230,7 +232,7 @@ def deployment_create(
     server_command(
         name=name, device=device, indices=tuple(accelerator_indices or ()), options=options,
         adapters=[(s, "/adapter", a.rank or 1) for a, s in served], extra_args=extra_args, extra_env=extra_env,
-        allow_trust_remote_code=allow_trust_remote_code,
+        allow_trust_remote_code=allow_trust_remote_code, model_files=model_files_of(base),
     )  # fmt: skip
     _check_runtime_arguments(node=node, extra_args=extra_args)
 
@@ -245,7 +247,7 @@ def deployment_create(
                 accelerator_indices=list(accelerator_indices or []),
                 settings=options,
                 extra_args=extra_args,
-                extra_env=extra_env,
+                encrypted_env=Deployment.env_seal(extra_env),
                 encrypted_api_key=seal({"api_key": "pbk_" + secrets.token_urlsafe(24)}),
                 created_by=user,
             )
@@ -254,6 +256,11 @@ def deployment_create(
             revision_record(deployment=deployment, user=user)
             event_record(
                 deployment=deployment, status=Deployment.Status.PENDING, message=f"Deployed {base.name} on {node.name}."
+            )
+            audit_record(
+                action="deployment.create",
+                target=deployment,
+                detail={"base": base.name, "node": node.name, "adapters": [served for _, served in served]},
             )
             _nudge(deployment)
     except IntegrityError:
@@ -307,14 +314,27 @@ def memory_estimate(*, base: Artifact, device: str, options: dict) -> memory.Est
 
 def server_command(
     *, name: str, device: str, indices, options: dict, extra_args: str, extra_env: str,
-    allow_trust_remote_code: bool, model_path: str = "/model", adapters=(), host: str = "127.0.0.1",
-    port: int = 8000, api_key: str = "check",
+    allow_trust_remote_code: bool | None = None, model_files=None, model_path: str = "/model", adapters=(),
+    host: str = "127.0.0.1", port: int = 8000, api_key: str = "check",
 ) -> tuple[list[str], dict[str, str]]:  # fmt: skip
     """The one way a deployment's server command is made, for the checks at creation and edit,
     the wizard's review, the node's launch and the benchmark: the extra arguments and
-    environment parsed once, the whole spec validated, then the argv and the environment
-    the server gets on top of its own. `adapters` are (served name, path, rank). Raises
-    DomainError listing every problem."""
+    environment (plain text) parsed once, the whole spec validated, then the argv and the
+    environment the server gets on top of its own. `adapters` are (served name, path, rank).
+
+    The extra arguments and environment are checked under the administrator's settings in
+    force now (PLUGBOARD_ALLOWED_FLAGS, PLUGBOARD_ALLOWED_ENV, and PLUGBOARD_ALLOW_TRUST_REMOTE_CODE
+    unless `allow_trust_remote_code` is given), so a relaunch is refused when a setting no longer
+    allows what a deployment was saved with. `model_files` (the base model's files, model_files_of)
+    are what a path flag may name. Raises DomainError listing every problem."""
+    if allow_trust_remote_code is None:
+        allow_trust_remote_code = django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE
+    policy = {
+        "allow_trust_remote_code": allow_trust_remote_code,
+        "allowed_flags": frozenset(django_settings.PLUGBOARD_ALLOWED_FLAGS),
+        "allowed_env": frozenset(django_settings.PLUGBOARD_ALLOWED_ENV),
+        "model_files": None if model_files is None else frozenset(model_files),
+    }
     try:
         spec = vllm_args.ServerSpec(
             model_path=model_path,
@@ -338,13 +358,25 @@ def server_command(
             enforce_eager=options.get("enforce_eager", False),
             kv_cache_bytes=options.get("kv_cache_bytes"),
             cpu_threads=options.get("cpu_threads"),
-            extra_args=tuple(vllm_args.parse_extra_args(extra_args, allow_trust_remote_code=allow_trust_remote_code)),
-            extra_env=dict(vllm_args.parse_env(extra_env, allow_trust_remote_code=allow_trust_remote_code)),
-        )
+            extra_args=tuple(
+                vllm_args.parse_extra_args(
+                    extra_args, allow_trust_remote_code=allow_trust_remote_code,
+                    allowed_flags=policy["allowed_flags"], model_files=policy["model_files"],
+                )
+            ),
+            extra_env=vllm_args.parse_env(extra_env, allowed_env=policy["allowed_env"]),
+            **policy,
+        )  # fmt: skip
         vllm_args.validate(spec)
     except vllm_args.ArgumentError as exc:
         raise DomainError(str(exc)) from None
     return vllm_args.build_command(str(django_settings.PLUGBOARD_VLLM_PYTHON), spec)
+
+
+def model_files_of(base: Artifact) -> frozenset[str] | None:
+    """The files of `base`'s manifest (paths relative to its folder), which path flags such as
+    --chat-template may name; None when the registry listed none (only the form is checked then)."""
+    return frozenset(base.files.values_list("path", flat=True)) or None
 
 
 def max_model_len_problem(*, base: Artifact, max_model_len) -> str | None:
@@ -379,7 +411,10 @@ def runtime_argument_problem(*, node: Node, extra_args: str) -> str | None:
     if runtime is None or not extra_args.strip():
         return None
     try:
-        tokens = vllm_args.parse_extra_args(extra_args, allow_trust_remote_code=True)  # refusals come elsewhere
+        tokens = shlex.split(extra_args)  # what is allowed is checked elsewhere (server_command)
+    except ValueError:
+        return None  # server_command says why it cannot be read
+    try:
         vllm_args.check_against_runtime(
             tokens, runtime["flags"], runtime=f"vLLM {runtime.get('version', '')} on {node.name}"
         )
@@ -406,6 +441,7 @@ def adapter_attach(*, deployment: Deployment, adapter: Artifact, served_name: st
         except IntegrityError:  # SQLite has no row locks: the unique constraints are the last word there
             raise DomainError(f"{adapter.name} or the served name “{name}” was attached meanwhile.") from None
         event_record(deployment=deployment, message=f"Attaching {adapter.name} as {attached.model_id}.")
+        audit_record(action="deployment.attach", target=deployment, detail={"adapter": adapter.name, "as": name})
     changes.announce()
     _nudge(deployment)
     return attached
@@ -446,13 +482,20 @@ def deployment_set_max_adapters(*, deployment: Deployment, max_adapters: int) ->
         Deployment.objects.filter(pk=deployment.pk).update(max_adapters=max_adapters)
         deployment.max_adapters = max_adapters
         event_record(deployment=deployment, message=f"Adapter limit set to {max_adapters}.")
+        audit_record(action="deployment.update", target=deployment, detail={"max_adapters": max_adapters})
     return deployment
 
 
 def adapter_detach(*, attached: DeploymentAdapter) -> None:
     """Marks an adapter to be unloaded from the live server; the supervisor unloads it and forgets it."""
-    DeploymentAdapter.objects.filter(pk=attached.pk).update(state=DeploymentAdapter.State.DETACHING)
-    event_record(deployment=attached.deployment, message=f"Detaching {attached.model_id}.")
+    with transaction.atomic():
+        DeploymentAdapter.objects.filter(pk=attached.pk).update(state=DeploymentAdapter.State.DETACHING)
+        event_record(deployment=attached.deployment, message=f"Detaching {attached.model_id}.")
+        audit_record(
+            action="deployment.detach",
+            target=attached.deployment,
+            detail={"adapter": attached.adapter.name, "as": attached.served_name},
+        )
     changes.announce()  # the gateway stops routing to it at once
     _nudge(attached.deployment)
 
@@ -478,6 +521,7 @@ def deployment_stop(*, deployment: Deployment) -> Deployment:
         raise DomainError("It is already stopped or stopping.")
     with transaction.atomic():
         Deployment.objects.filter(pk=deployment.pk).update(desired=Deployment.Desired.STOPPED)
+        audit_record(action="deployment.stop", target=deployment)
         _nudge(deployment)
         return _move(deployment=deployment, to=lifecycle.STOPPING, reason="Stop requested.")
 
@@ -489,6 +533,7 @@ def deployment_start(*, deployment: Deployment) -> Deployment:
         Deployment.objects.filter(pk=deployment.pk).update(
             desired=Deployment.Desired.RUNNING, failures=0, next_start_at=None
         )
+        audit_record(action="deployment.start", target=deployment)
         _nudge(deployment)
         return _move(deployment=deployment, to=lifecycle.PENDING, reason="Start requested.")
 
@@ -498,6 +543,7 @@ def deployment_delete(*, deployment: Deployment) -> None:
     if deployment.desired != Deployment.Desired.STOPPED or deployment.status != Deployment.Status.STOPPED:
         raise DomainError("Stop the deployment and wait until it has stopped before deleting it.")
     with transaction.atomic():
+        audit_record(action="deployment.delete", target=deployment)
         cluster_services.cache_release(holder=deployment)
         deployment.delete()
         changes.announce()
@@ -511,8 +557,10 @@ def deployment_restart(*, deployment: Deployment) -> Deployment:
         Deployment.Status.STARTING,
     ):
         raise DomainError("Only a running server can be restarted; start it instead.")
-    Deployment.objects.filter(pk=deployment.pk).update(restart_requested=True)
-    event_record(deployment=deployment, message="Restart requested.")
+    with transaction.atomic():
+        Deployment.objects.filter(pk=deployment.pk).update(restart_requested=True)
+        event_record(deployment=deployment, message="Restart requested.")
+        audit_record(action="deployment.restart", target=deployment)
     _nudge(deployment)
     deployment.refresh_from_db()
     return deployment
@@ -532,7 +580,9 @@ def deployment_update(
     """Changes the server's arguments or its resources (node, GPUs): a new
     revision, recorded in its history as made by `user`, which is redeployed.
     A deployment that moves to another node is stopped on the old one first.
-    Checked like a new deployment; refused changes leave everything as it was."""
+    Checked like a new deployment; refused changes leave everything as it was.
+    `extra_env` is plain "NAME=value" lines; a "NAME=****" line (the value as pages
+    show it) keeps NAME's stored value, and a name left out is removed."""
     new_node = node or deployment.node
     indices = list(deployment.accelerator_indices if accelerator_indices is None else accelerator_indices)
     moved = new_node.pk != deployment.node_id or indices != list(deployment.accelerator_indices)
@@ -540,7 +590,11 @@ def deployment_update(
     options = {k: v for k, v in {**deployment.settings, **given}.items() if v not in (None, "")}
     _check_context(base=deployment.base, options=options)
     extra_args = deployment.extra_args if extra_args is None else extra_args
-    extra_env = deployment.extra_env if extra_env is None else extra_env
+    stored_env = deployment.env_text
+    try:
+        extra_env = stored_env if extra_env is None else vllm_args.env_keep(extra_env, stored_env)
+    except vllm_args.ArgumentError as exc:
+        raise DomainError(str(exc)) from None
     attached = list(deployment.adapters.exclude(state=DeploymentAdapter.State.DETACHING).select_related("adapter"))
     # Blank means the default, as at creation.
     options.setdefault("max_lora_rank", vllm_args.default_max_lora_rank([a.adapter.rank or 1 for a in attached]))
@@ -553,7 +607,7 @@ def deployment_update(
     server_command(
         name=deployment.name, device=device, indices=tuple(indices), options=options,
         adapters=[(a.served_name, "/adapter", a.adapter.rank or 1) for a in attached], extra_args=extra_args,
-        extra_env=extra_env, allow_trust_remote_code=allow_trust_remote_code,
+        extra_env=extra_env, allow_trust_remote_code=allow_trust_remote_code, model_files=model_files_of(deployment.base),
     )  # fmt: skip
     _check_runtime_arguments(node=new_node, extra_args=extra_args)
     changed = [
@@ -565,7 +619,7 @@ def deployment_update(
             ("node", deployment.node.name, new_node.name),
             ("GPUs", list(deployment.accelerator_indices), indices),
             ("extra arguments", deployment.extra_args, extra_args),
-            ("environment", deployment.extra_env, extra_env),
+            ("environment", _env_items(stored_env), _env_items(extra_env)),
         )
         if old != new
     ]
@@ -574,7 +628,8 @@ def deployment_update(
     old_node = deployment.node
     with transaction.atomic():
         updated = Deployment.objects.filter(pk=deployment.pk, revision=deployment.revision).update(
-            settings=options, extra_args=extra_args, extra_env=extra_env, revision=deployment.revision + 1,
+            settings=options, extra_args=extra_args, encrypted_env=Deployment.env_seal(extra_env),
+            revision=deployment.revision + 1,
             node=new_node, device=device, accelerator_indices=indices,
         )  # fmt: skip
         if updated != 1:  # another change was saved meanwhile; this one was checked against what it replaced
@@ -586,10 +641,18 @@ def deployment_update(
         )
         deployment.refresh_from_db()
         revision_record(deployment=deployment, user=user)
+        audit_record(
+            action="deployment.update", target=deployment, detail={"revision": deployment.revision, "changed": changed}
+        )
         _nudge(deployment)
         if new_node != old_node:
             _nudge_node(old_node)
     return deployment
+
+
+def _env_items(text: str) -> list[tuple[str, str | None]]:
+    """The variables `text` sets, as they would reach the server: what tells an edit from "nothing changed"."""
+    return [(name, value) for _, name, value in vllm_args.env_lines(text)]
 
 
 def deployment_rollback(
@@ -614,7 +677,7 @@ def deployment_rollback(
     settings = {key: None for key in deployment.settings} | chosen.settings
     with transaction.atomic():
         deployment = deployment_update(
-            deployment=deployment, settings=settings, extra_args=chosen.extra_args, extra_env=chosen.extra_env,
+            deployment=deployment, settings=settings, extra_args=chosen.extra_args, extra_env=chosen.env_text,
             node=chosen.node, accelerator_indices=list(chosen.accelerator_indices),
             allow_trust_remote_code=allow_trust_remote_code, user=user,
         )  # fmt: skip
@@ -624,6 +687,9 @@ def deployment_rollback(
         event_record(
             deployment=deployment,
             message=f"Rolled back to revision {revision_number} as revision {deployment.revision}.",
+        )
+        audit_record(
+            action="deployment.rollback", target=deployment, detail={"to": revision_number, "as": deployment.revision}
         )
     return deployment
 

@@ -7,15 +7,18 @@ running."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import BinaryIO
 
 from django.db.models import Q
 from django.utils import timezone
@@ -23,6 +26,7 @@ from django.utils import timezone
 from cluster import services as cluster_services
 from cluster.cache import ArtifactCache
 from cluster.models import CachedArtifact, Node
+from config.errors import DomainError
 from deployments import logs, server_metrics, services, vllm_args, vllm_metrics
 from deployments.lifecycle import IllegalTransition
 from deployments.models import Deployment, DeploymentAdapter
@@ -106,14 +110,62 @@ INHERITED_ENV = (
 
 def server_environment(*, home: Path, additions: dict[str, str]) -> dict[str, str]:
     """The environment a model server starts with, built from scratch: INHERITED_ENV, a HOME of its own
-    (vLLM and torch keep their caches there), and what the console sets for it (vllm_args.build_command:
-    devices, threads, the plugin, the user's allowed variables)."""
-    home.mkdir(parents=True, exist_ok=True)
+    (vLLM and torch keep their caches there; made if missing, readable only by the agent), and what the
+    console sets for it (vllm_args.build_command: devices, threads, the plugin, the key, the user's allowed
+    variables)."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.setdefault("LANG", "C.UTF-8")
     env["HOME"] = str(home)
     return {**env, **additions}
+
+
+# In a server's run folder (run_folder): its log, and its HOME and working directory.
+LOG_NAME = "server.log"
+HOME_NAME = "home"
+
+
+def run_folder(root: Path, *, deployment_id: int, revision: int, previous_log: str) -> tuple[Path, bool]:
+    """Returns (the folder a server of this deployment and revision runs in, whether it was made now).
+
+    A relaunch of the same revision on this node (after a crash, or a stop and start) takes the folder of
+    the launch before (`previous_log` is in it): the crash's last lines stay above the new start in one
+    log, and they are the same deployment's, with the same arguments. Anything else gets a folder made
+    now, readable only by the agent (0o700) and never one that exists already: ids can come back (a
+    database restored or recreated while the node keeps its files), and no server may see another's
+    lines or caches, so a taken name gets a suffix (`12-r3.2`)."""
+    stem = f"{deployment_id}-r{revision}"
+    if previous_log:
+        folder = Path(previous_log).parent
+        if folder.parent == root and (folder.name == stem or folder.name.startswith(stem + ".")) and folder.is_dir():
+            return folder, False
+    for n in itertools.count(1):
+        folder = root / (stem if n == 1 else f"{stem}.{n}")
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        return folder, True
+
+
+def log_open(path: Path, *, fresh: bool) -> BinaryIO:
+    """Opens a server's log for appending: made now (0o600, failing if it exists) when `fresh`, else the
+    one already there. Never through a symbolic link: the server runs in that folder and could plant one."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | (os.O_CREAT | os.O_EXCL if fresh else 0), 0o600)
+    except FileNotFoundError:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)  # the log of the launch before is gone
+    return os.fdopen(fd, "ab")
+
+
+def homes_prune(root: Path, *, deployment_id: int, keep: Path) -> None:
+    """Removes the HOMEs (vLLM's and torch's caches) of the deployment's earlier revisions on this node, and
+    keeps their logs: no server runs there any more, and a new revision starts with a HOME of its own."""
+    for folder in root.glob(f"{deployment_id}-r*"):
+        if folder != keep and (folder / HOME_NAME).is_dir():
+            shutil.rmtree(folder / HOME_NAME, ignore_errors=True)
 
 
 # The line a Python exception ends with: "ValueError: ...", "torch.OutOfMemoryError: ...".
@@ -148,7 +200,8 @@ class Supervisor:
         self.node_name = node_name
         self.cache = cache
         self.log_dir = log_dir
-        log_dir.mkdir(parents=True, exist_ok=True)
+        log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_dir.chmod(0o700)  # also when an older agent made it readable to every user of the node
         self._scraped_at: dict[int, float] = {}  # deployment id -> when its server's metrics were last read
         self._clients: dict[int, tuple[tuple, VllmClient]] = {}  # deployment id -> (its server, a client for it)
 
@@ -331,21 +384,35 @@ class Supervisor:
             for a in d.adapters.exclude(state=DeploymentAdapter.State.DETACHING).select_related("adapter")
             if a.adapter_id in entries
         ]
-        argv, env_additions = services.server_command(
-            name=d.name, device=d.device, indices=d.accelerator_indices, options=d.settings,
-            model_path=str(self.cache.artifact_path(entries[d.base_id].key)),
-            adapters=[(a.served_name, str(self.cache.artifact_path(entries[a.adapter_id].key)), a.adapter.rank or 1) for a in loaded],
-            host=d.node.address, port=port, api_key=api_key, extra_args=d.extra_args, extra_env=d.extra_env,
-            allow_trust_remote_code=True,
-        )  # fmt: skip
-        log_path = self.log_dir / f"{d.name}.log"
-        env = server_environment(home=self.log_dir.parent / "homes" / d.name, additions=env_additions)
-        with open(log_path, "ab") as log_file:
+        try:
+            # Checked again under the administrator's settings in force now (services.server_command): what was
+            # allowed when the deployment was saved may not be any more. The environment is unsealed only here.
+            argv, env_additions = services.server_command(
+                name=d.name, device=d.device, indices=d.accelerator_indices, options=d.settings,
+                model_path=str(self.cache.artifact_path(entries[d.base_id].key)),
+                adapters=[(a.served_name, str(self.cache.artifact_path(entries[a.adapter_id].key)), a.adapter.rank or 1) for a in loaded],
+                host=d.node.address, port=port, api_key=api_key, extra_args=d.extra_args, extra_env=d.env_text,
+                model_files=services.model_files_of(d.base),
+            )  # fmt: skip
+        except DomainError as exc:
+            # It would be refused again at every tick: it waits for a person, with the reason on its timeline.
+            services.deployment_mark_failed(
+                deployment=d, pid=None, port=None,
+                reason=f"The server was not started: {exc.message} Edit the deployment, then start it again.",
+            )  # fmt: skip
+            return
+        folder, fresh = run_folder(self.log_dir, deployment_id=d.pk, revision=d.revision, previous_log=d.log_path)
+        if fresh:
+            homes_prune(self.log_dir, deployment_id=d.pk, keep=folder)
+        home = folder / HOME_NAME
+        env = server_environment(home=home, additions=env_additions)
+        log_path = folder / LOG_NAME
+        with log_open(log_path, fresh=fresh) as log_file:
             log_file.write(f"\n==== starting revision {d.revision} at {timezone.now().isoformat()} ====\n".encode())
             log_file.flush()
             # Its own session: the server outlives an agent restart, and a signal to its group stops all its processes.
             process = subprocess.Popen(
-                argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                argv, env=env, cwd=home, stdout=log_file, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
             )  # fmt: skip
         services.adapter_mark(attached=loaded, state=DeploymentAdapter.State.LOADED)

@@ -91,7 +91,9 @@ def deployment_detail(request, pk):
 def deployment_edit(request, pk):
     """Arguments and resources; saving makes a new revision, which the node redeploys."""
     deployment = _deployment_for(request, pk, write=True)
-    form = DeploymentEditForm(request.POST or None, initial=DeploymentEditForm.initial_for(deployment))
+    form = DeploymentEditForm(
+        request.POST or None, initial=DeploymentEditForm.initial_for(deployment), base=deployment.base
+    )
     if request.method == "POST" and form.is_valid():
         with errors_on(form):
             deployment = services.deployment_update(
@@ -234,8 +236,7 @@ def deploy_wizard(request, step: str):
         initial = data.get("resources") or {"placement": "auto"}
         form = wizard.ResourcesStepForm(request.POST or None, initial=initial, base=base, answers=data)
     elif step == "server":
-        initial = data.get("server") or {"dtype": "auto"}
-        form = wizard.ServerStepForm(request.POST or None, initial=initial, base=base, answers=data)
+        form = wizard.ServerStepForm(request.POST or None, initial=wizard.server_initial(data), base=base, answers=data)
 
     if request.method == "POST":
         going_back = "back" in request.POST
@@ -333,7 +334,7 @@ async def _in_thread(chunks):
 def deployment_log_download(request, pk):
     """The whole server log as a text file, streamed a chunk at a time, the deployment's key masked."""
     deployment = _deployment_for(request, pk)
-    secrets = [deployment.api_key]  # vLLM prints it among its arguments
+    secrets = [deployment.api_key]  # servers started before the key left the command line printed it there
     try:
         chunks = logs.stream(deployment.log_path, secrets=secrets)
     except OSError:  # not on this host: the last lines the node reported are all there is

@@ -18,6 +18,7 @@ renames a flag fails a test instead of slipping through.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import unicodedata
@@ -25,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployments.vllm_plugin import plugboard_vllm_auth as server_auth
 from registry.compatibility import VLLM_LORA_RANKS, vllm_rank
 
 GiB = 1024**3
@@ -182,20 +184,162 @@ MULTI_VALUE_FLAGS = frozenset(
         "--cudagraph-capture-sizes",
     }
 )
-# Common vLLM 0.32 tuning flags that take one number (their argparse `type`), so a value
-# that is not one is refused where it is typed instead of when the server fails to start.
-NUMERIC_FLAGS: dict[str, type] = {
-    "--max-num-seqs": int,
-    "--seed": int,
-    "--max-logprobs": int,
-    "--block-size": int,
-    "--long-prefill-token-threshold": int,
-    "--pipeline-parallel-size": int,
-    "-pp": int,
-    "--data-parallel-size": int,
-    "-dp": int,
-    "--cpu-offload-gb": float,
+# Kinds of value an allowed flag takes (ALLOWED_FLAGS).
+
+
+@dataclass(frozen=True)
+class Value:
+    """What one allowed flag takes: `kind` is "none" (a switch), "int", "float" (between `low` and
+    `high`), "choice" (one of `choices`), "text" (matching `pattern`, which `what` describes to a
+    person), or "model_file": a path relative to the deployment's base model folder, naming one of its
+    files (or, with `folder`, one of its folders), or one of the words in `choices`."""
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    choices: frozenset[str] = frozenset()
+    pattern: re.Pattern | None = None
+    what: str = ""
+    folder: bool = False
+
+
+SWITCH = Value("none")
+
+
+def _int(low: int, high: int) -> Value:
+    return Value("int", low=low, high=high)
+
+
+def _float(low: float, high: float) -> Value:
+    return Value("float", low=low, high=high)
+
+
+def _choice(*names: str) -> Value:
+    return Value("choice", choices=frozenset(names))
+
+
+def _text(pattern: str, what: str) -> Value:
+    return Value("text", pattern=re.compile(pattern), what=what)
+
+
+_TOOL_CALL_PARSERS = """
+    apertus cohere_command3 cohere_command4 deepseek_v3 deepseek_v31 deepseek_v32 deepseek_v4 deepseek_v41 dots
+    ernie45 functiongemma gemma4 gigachat3 glm45 glm47 granite granite-20b-fc granite4 hermes hunyuan_a13b hy_v3
+    hy_v4 inkling internlm jamba k2_horizon kimi_k2 kimi_k3 lfm2 ling3 llama3_json llama4_json llama4_pythonic
+    longcat mimo minicpm5 minimax_m2 minimax_m3 mistral muse_glimmer olmo3 openai phi4_mini_json plamo3 poolside_v1
+    pythonic qwen3_coder qwen3_json qwen3_xml seed_oss step3 step3p5 xlam
+"""
+_REASONING_PARSERS = """
+    cohere_command3 cohere_command4 deepseek_r1 deepseek_v3 deepseek_v4 deepseek_v41 ernie45 gemma4 glm45 glm47
+    granite granite_thinking_parser holo2 hunyuan_a13b hy_v3 hy_v4 inkling k2_horizon kimi_k2 kimi_k3 ling3 mimo
+    minicpmv minimax_m2 minimax_m2_append_think minimax_m3 mistral muse_glimmer nemotron_v3 olmo3 openai_gptoss
+    plamo3 poolside_v1 qwen3 seed_oss step3 step3p5
+"""
+_QUANTIZATIONS = """
+    awq auto_awq fp8 fbgemm_fp8 fp_quant modelopt modelopt_fp4 modelopt_mxfp8 modelopt_mixed auto_gptq gptq
+    gptq_marlin awq_marlin humming compressed-tensors experts_int8 quark moe_wna16 torchao inc mxfp4 gpt_oss_mxfp4
+    deepseek_v4_fp8 online fp8_per_tensor fp8_per_block fp8_per_channel int8_per_channel_weight_only
+    nvfp4_per_token mxfp8
+"""
+_KV_CACHE_DTYPES = """
+    auto bfloat16 float16 fp8 fp8_ds_mla fp8_e4m3 fp8_e5m2 fp8_inc fp8_per_token_head int4_per_token_head
+    int8_per_token_head nvfp4 nvfp4_4over6 nvfp4_ds_mla turboquant_3bit_nc turboquant_4bit_nc turboquant_k3v4_nc
+    turboquant_k8v4 ultraquant_4bit
+"""
+_BIG = 2**31 - 1
+
+# The vLLM 0.32 flags a deployment's extra arguments may hold, each with the value it takes
+# (read from its parser, `make_arg_parser`; tests/test_vllm_args.py checks the names and choices
+# against it). Anything else is refused unless an administrator lists it in PLUGBOARD_ALLOWED_FLAGS.
+# Left out on purpose: flags that name files, folders, URLs, hosts, modules or JSON that can hold
+# them (PATH_FLAGS says why for the common ones), and the parsers' names are choices because a
+# parser given by path would load code.
+ALLOWED_FLAGS: dict[str, Value] = {
+    # Scheduling and batching.
+    "--max-num-seqs": _int(1, 1 << 20),
+    "--max-num-batched-tokens": _int(1, _BIG),
+    "--long-prefill-token-threshold": _int(0, _BIG),
+    "--scheduling-policy": _choice("fcfs", "priority"),
+    "--enable-chunked-prefill": SWITCH,
+    "--no-enable-chunked-prefill": SWITCH,
+    "--async-scheduling": SWITCH,
+    "--no-async-scheduling": SWITCH,
+    "--performance-mode": _choice("balanced", "interactivity", "throughput"),
+    # Memory and the KV cache.
+    "--block-size": _choice("1", "8", "16", "32", "64", "128", "256"),
+    "--kv-cache-dtype": _choice(*_KV_CACHE_DTYPES.split()),
+    "--cpu-offload-gb": _float(0, 1 << 20),
+    "--num-gpu-blocks-override": _int(1, _BIG),
+    "--max-cudagraph-capture-size": _int(1, 1 << 20),
+    "--prefix-caching-hash-algo": _choice("sha256", "sha256_cbor", "xxhash", "xxhash_cbor"),
+    "--disable-sliding-window": SWITCH,
+    "--disable-cascade-attn": SWITCH,
+    "--no-disable-cascade-attn": SWITCH,
+    # Weights: only formats that cannot run code (no pickle "pt", no remote or streamed loaders).
+    "--quantization": _choice(*_QUANTIZATIONS.split()),
+    "-q": _choice(*_QUANTIZATIONS.split()),
+    "--load-format": _choice("auto", "safetensors", "dummy"),
+    "--lora-dtype": _choice("auto", "bfloat16", "float16"),
+    "--no-trust-remote-code": SWITCH,
+    # Parallelism on the GPUs placed.
+    "--pipeline-parallel-size": _int(1, 64),
+    "-pp": _int(1, 64),
+    "--disable-custom-all-reduce": SWITCH,
+    "--distributed-executor-backend": _choice("mp", "uni"),
+    "--api-server-count": _int(1, 64),
+    # Sampling, outputs and the OpenAI API.
+    "--seed": _int(-(2**63), 2**63 - 1),
+    "--max-logprobs": _int(-1, 1 << 20),
+    "--logprobs-mode": _choice("processed_logits", "processed_logprobs", "raw_logits", "raw_logprobs"),
+    "--tokenizer-mode": _choice("auto", "hf", "mistral", "deepseek_v32", "deepseek_v4", "inkling", "kimi_k3", "cohere"),
+    "--response-role": _text(r"[A-Za-z][A-Za-z0-9_-]{0,31}", "a role name such as assistant"),
+    "--chat-template": Value("model_file"),
+    "--chat-template-content-format": _choice("auto", "openai", "string"),
+    "--generation-config": Value("model_file", choices=frozenset({"auto", "vllm"}), folder=True),
+    "--enable-auto-tool-choice": SWITCH,
+    "--tool-call-parser": _choice(*_TOOL_CALL_PARSERS.split()),
+    "--reasoning-parser": _choice(*_REASONING_PARSERS.split()),
+    "--return-tokens-as-token-ids": SWITCH,
+    "--enable-prompt-tokens-details": SWITCH,
+    "--enable-server-load-tracking": SWITCH,
+    "--enable-force-include-usage": SWITCH,
+    "--enable-request-id-headers": SWITCH,
+    # Logging.
+    "--disable-log-stats": SWITCH,
+    "--enable-log-requests": SWITCH,
+    "--no-enable-log-requests": SWITCH,
+    "--max-log-len": _int(0, _BIG),
+    "--uvicorn-log-level": _choice("critical", "debug", "error", "info", "trace", "warning"),
+    "--disable-uvicorn-access-log": SWITCH,
+    "--disable-fastapi-docs": SWITCH,
+    "--log-error-stack": SWITCH,
 }
+
+# vLLM flags whose value is a file, folder, URL, host, module or JSON that can hold one: refused even
+# if an administrator lists them, since the value would reach outside the deployment's own model.
+# (--chat-template and --generation-config are allowed above, confined to the model's own files.)
+PATH_FLAGS: dict[str, str] = {
+    "--tokenizer": "it names another tokenizer folder or hub repository; the server uses the base model's own",
+    "--hf-config-path": "it names another config folder or hub repository; the server uses the base model's own",
+    "--revision": "it names a hub revision to download; the node serves the base model it fetched",
+    "--tokenizer-revision": "it names a hub revision to download; the node serves the base model it fetched",
+    "--code-revision": "it names a hub revision of remote code to download",
+    "--download-dir": "it names a folder on the node outside the deployment's model",
+    "--allowed-local-media-path": "it lets requests read files from a folder on the node",
+    "--allowed-media-domains": "it lets requests make the server fetch from other hosts",
+    "--speculative-config": "its JSON names a draft model by path or hub id, outside the deployment's model",
+    "--model-loader-extra-config": "its JSON can name files on the node",
+    "--tool-server": "it makes the server call the hosts it names",
+    "--otlp-traces-endpoint": "it makes the server send traces to the URL it names",
+    "--ssl-ca-certs": "the console reaches the server over plain HTTP on the node's internal address",
+    "--root-path": "it changes the paths the console and the gateway reach the server on",
+    "-sc": "its JSON names a draft model by path or hub id, outside the deployment's model",
+    "--compilation-config": "its JSON can name folders on the node (cache_dir, debug_dump_path)",
+    "-cc": "its JSON can name folders on the node (cache_dir, debug_dump_path)",
+}
+PATH_FLAG_HINT = "a path relative to the base model's folder, e.g. chat_template.jinja"
+# Longest value a typed flag may hold (a chat template's path, a parser's name): more is a mistake.
+MAX_VALUE_LENGTH = 1024
 # Real vLLM 0.32 flags whose names begin a refused flag's name (--reasoning-parser-plugin):
 # argparse takes an exact name as itself, so these are not abbreviations.
 NOT_ABBREVIATIONS = frozenset({"--reasoning-parser"})
@@ -208,13 +352,61 @@ MANAGED_ENV: dict[str, str] = {
     "CUDA_DEVICE_ORDER": "the console sets it so GPU numbers mean the same as in the node's inventory",
     "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "the console sets it so adapters can be attached without a restart",
     "VLLM_API_KEY": "the console gives each deployment its own API key",
+    server_auth.KEY_VARIABLE: "it holds the deployment's own key, which the console sets",
     "VLLM_CPU_OMP_THREADS_BIND": "it is set from the deployment's CPU threads field",
     "VLLM_CPU_KVCACHE_SPACE": "the KV cache size is set from the deployment's KV cache field (--kv-cache-memory-bytes)",
     "PYTHONPATH": "the console sets it to load its fix for vLLM's CPU LoRA path (deployments/vllm_plugin)",
     "VLLM_PLUGINS": "the console's fix for vLLM's CPU LoRA path is a plugin that must load",
 }
-# Environment variables that load code into the server; allowed with remote code only.
-CODE_ENV = frozenset({"LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "PYTHONHOME", "VLLM_LOGGING_CONFIG_PATH"})
+# The environment variables a deployment may set: vLLM's tuning variables that name no file, folder,
+# URL, host, library or plugin (vLLM 0.32, vllm/envs.py), OpenMP and oneDNN threading and ISA, NCCL
+# tuning, and the hub's offline switches. Others are refused unless an administrator lists them in
+# PLUGBOARD_ALLOWED_ENV, and those whose names say they load code or read files (_reaches_outside)
+# are refused even then.
+_ALLOWED_ENV_NAMES = """
+    VLLM_LOGGING_LEVEL VLLM_LOGGING_PREFIX VLLM_LOGGING_COLOR VLLM_CONFIGURE_LOGGING VLLM_LOG_STATS_INTERVAL
+    VLLM_LOG_BATCHSIZE_INTERVAL VLLM_DISABLE_LOG_LOGO VLLM_NO_USAGE_STATS VLLM_DO_NOT_TRACK NO_COLOR
+    VLLM_ENGINE_READY_TIMEOUT_S VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS
+    VLLM_HTTP_TIMEOUT_KEEP_ALIVE VLLM_KEEP_ALIVE_ON_ENGINE_DEATH VLLM_CHAT_TEMPLATE_RENDER_TIMEOUT
+    VLLM_REGEX_COMPILATION_TIMEOUT_S VLLM_TOOL_PARSE_REGEX_TIMEOUT_SECONDS VLLM_ENFORCE_STRICT_TOOL_CALLING
+    VLLM_CPU_NUM_OF_RESERVED_CPU VLLM_CPU_ATTN_SPLIT_KV VLLM_WORKER_MULTIPROC_METHOD VLLM_ENABLE_V1_MULTIPROCESSING
+    VLLM_ALLOW_LONG_MAX_MODEL_LEN VLLM_MAX_N_SEQUENCES VLLM_MAX_STOP_STRINGS VLLM_MAX_NUM_BAD_WORDS
+    VLLM_XGRAMMAR_CACHE_MB VLLM_V1_OUTPUT_PROC_CHUNK_SIZE VLLM_MQ_MAX_CHUNK_BYTES_MB VLLM_FLOAT32_MATMUL_PRECISION
+    VLLM_USE_FLASHINFER_SAMPLER VLLM_DISABLE_COMPILE_CACHE VLLM_SKIP_P2P_CHECK VLLM_DISABLE_PYNCCL
+    VLLM_MARLIN_USE_ATOMIC_ADD VLLM_USE_DEEP_GEMM VLLM_KV_CACHE_LAYOUT VLLM_COMPUTE_NANS_IN_LOGITS
+    VLLM_ENABLE_CUDAGRAPH_GC VLLM_ALLREDUCE_USE_SYMM_MEM
+    OMP_NUM_THREADS OMP_PROC_BIND OMP_PLACES OMP_SCHEDULE OMP_DYNAMIC OMP_WAIT_POLICY OMP_MAX_ACTIVE_LEVELS
+    OMP_STACKSIZE OMP_THREAD_LIMIT KMP_AFFINITY KMP_BLOCKTIME KMP_HW_SUBSET KMP_SETTINGS
+    MKL_NUM_THREADS OPENBLAS_NUM_THREADS
+    ONEDNN_MAX_CPU_ISA ONEDNN_PRIMITIVE_CACHE_CAPACITY ONEDNN_DEFAULT_FPMATH_MODE ONEDNN_VERBOSE
+    NCCL_DEBUG NCCL_DEBUG_SUBSYS NCCL_P2P_DISABLE NCCL_P2P_LEVEL NCCL_IB_DISABLE NCCL_SHM_DISABLE
+    NCCL_SOCKET_IFNAME NCCL_ALGO NCCL_PROTO NCCL_MIN_NCHANNELS NCCL_MAX_NCHANNELS NCCL_BUFFSIZE NCCL_NTHREADS
+    NCCL_CUMEM_ENABLE NCCL_NVLS_ENABLE NCCL_LAUNCH_MODE TORCH_NCCL_ASYNC_ERROR_HANDLING
+    CUDA_LAUNCH_BLOCKING CUDA_MODULE_LOADING PYTORCH_CUDA_ALLOC_CONF
+    TOKENIZERS_PARALLELISM HF_HUB_OFFLINE TRANSFORMERS_OFFLINE HF_DATASETS_OFFLINE HF_HUB_DISABLE_TELEMETRY
+    HF_HUB_DISABLE_PROGRESS_BARS TRANSFORMERS_VERBOSITY
+"""
+ALLOWED_ENV = frozenset(_ALLOWED_ENV_NAMES.split())
+# Listed although a word of their name is one _reaches_outside refuses: their values are settings, not paths
+# (PYTORCH_CUDA_ALLOC_CONF is "expandable_segments:True"; NCCL_SOCKET_IFNAME names a network interface;
+# VLLM_DISABLE_COMPILE_CACHE is a switch).
+ALLOWED_ENV_DESPITE_NAME = frozenset({"PYTORCH_CUDA_ALLOC_CONF", "NCCL_SOCKET_IFNAME", "VLLM_DISABLE_COMPILE_CACHE"})
+# Name prefixes and words (between underscores) that say a variable loads code or names a file, a folder,
+# a library, a plugin or a place on the network.
+_OUTSIDE_PREFIXES = ("LD_", "DYLD_", "PYTHON", "GCONV", "LOCPATH", "NLSPATH", "HOSTALIASES", "RESOLV")
+_OUTSIDE_WORD_LIST = """
+    PATH PATHS FILE FILES DIR DIRS DIRECTORY FOLDER HOME ROOT URL URI ENDPOINT HOST HOSTS IP ADDR PORT
+    PROXY SOCKET CONF CONFIG CFG PLUGIN PLUGINS INJECTION PRELOAD AUDIT LIB LIBRARY SO DLL
+"""
+_OUTSIDE_WORDS = frozenset(_OUTSIDE_WORD_LIST.split())
+# Words that name a place only at the end of a name (TRANSFORMERS_CACHE, but ONEDNN_PRIMITIVE_CACHE_CAPACITY).
+_OUTSIDE_LAST_WORDS = frozenset({"CACHE", "MODULE", "MODULES"})
+OUTSIDE_REASON = (
+    "it can load code or read files outside the deployment, so it is refused even if an administrator lists it "
+    "in PLUGBOARD_ALLOWED_ENV"
+)
+# Longest value a variable may hold: tuning values are short, and a server's environment is not storage.
+MAX_ENV_VALUE = 4096
 
 _NEGATIVE_NUMBER = re.compile(r"-\d+$|-\d*\.\d+$")  # argparse reads these as values, not flags
 _LONG_NAME = re.compile(r"--[a-z0-9][a-z0-9-]*")
@@ -265,12 +457,26 @@ class ServerSpec:
     cpu_threads: int | str | None = None
     extra_args: tuple[str, ...] = ()
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The administrator's settings in force when the spec is made (PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
+    # PLUGBOARD_ALLOWED_FLAGS, PLUGBOARD_ALLOWED_ENV): validate() checks extra_args and extra_env under
+    # them, so a relaunch made after a setting was narrowed is refused like a new deployment would be.
+    allow_trust_remote_code: bool = False
+    allowed_flags: frozenset[str] = frozenset()
+    allowed_env: frozenset[str] = frozenset()
+    # The base model's files, as paths relative to its folder, where known: a path flag must name one.
+    model_files: frozenset[str] | None = None
 
 
 # --- Extra arguments -------------------------------------------------------------------
 
 
-def parse_extra_args(text: str, *, allow_trust_remote_code: bool = False) -> list[str]:
+def parse_extra_args(
+    text: str,
+    *,
+    allow_trust_remote_code: bool = False,
+    allowed_flags: Iterable[str] = (),
+    model_files: Iterable[str] | None = None,
+) -> list[str]:
     """Returns the argv items a user's free-text extra arguments stand for, or
     raises ArgumentError naming the first refused token and why.
 
@@ -282,23 +488,38 @@ def parse_extra_args(text: str, *, allow_trust_remote_code: bool = False) -> lis
 
     Flags are case-sensitive, as in argparse: `--PORT` is not `--port`, and since
     every vLLM long flag is lower-case it is refused as a flag vLLM does not know.
-    `--flag_name` is vLLM's spelling of `--flag-name` and is treated as the same flag,
-    as are unambiguous prefixes (`--por` for `--port`), which argparse expands.
-    `allow_trust_remote_code` (an administrator setting) allows --trust-remote-code
-    and the other flags that make the server run code the user names (CODE_FLAGS).
+    `--flag_name` is vLLM's spelling of `--flag-name` and is treated as the same flag;
+    an abbreviation (`--por` for `--port`, which argparse expands) is refused.
+    Each flag must be in ALLOWED_FLAGS, with a value of its kind, or among
+    `allowed_flags` (the administrator's PLUGBOARD_ALLOWED_FLAGS, whose values are
+    only checked for control characters). `allow_trust_remote_code` (an administrator
+    setting) allows --trust-remote-code and the other flags that make the server run
+    code the user names (CODE_FLAGS). `model_files` (the base model's files, relative
+    to its folder) are what a path flag such as --chat-template may name; None checks
+    only that the path is relative and stays inside the model's folder.
     """
     try:
         tokens = shlex.split(text, posix=True)
     except ValueError as exc:
         reason = "a quote is not closed" if "quotation" in str(exc) else "it ends with a lone backslash"
         raise ArgumentError(f"The extra arguments cannot be read: {reason}.") from None
-    check_extra_args(tokens, allow_trust_remote_code=allow_trust_remote_code)
+    check_extra_args(
+        tokens, allow_trust_remote_code=allow_trust_remote_code, allowed_flags=allowed_flags, model_files=model_files
+    )
     return tokens
 
 
-def check_extra_args(tokens: Sequence[str], *, allow_trust_remote_code: bool = False) -> None:
+def check_extra_args(
+    tokens: Sequence[str],
+    *,
+    allow_trust_remote_code: bool = False,
+    allowed_flags: Iterable[str] = (),
+    model_files: Iterable[str] | None = None,
+) -> None:
     """Checks already-split extra arguments (see parse_extra_args); returns
     nothing, raises ArgumentError at the first refused token."""
+    allowed_flags = frozenset(allowed_flags)
+    model_files = None if model_files is None else frozenset(model_files)
     i = 0
     while i < len(tokens):
         token = tokens[i]
@@ -313,31 +534,60 @@ def check_extra_args(tokens: Sequence[str], *, allow_trust_remote_code: bool = F
         if refusal:
             raise ArgumentError(f"“{token}” is refused: {refusal}.")
         i += 1
+        kind = ALLOWED_FLAGS.get(name)
+        if kind is None:
+            if name in PATH_FLAGS:
+                raise ArgumentError(
+                    f"“{token}” is refused: {PATH_FLAGS[name]}; it stays refused even if an administrator lists it."
+                )
+            listed = name in allowed_flags or (name.startswith("--no-") and f"--{name[5:]}" in allowed_flags)
+            if not listed and name not in CODE_FLAGS:
+                raise ArgumentError(
+                    f"“{token}” is not on the console's list of vLLM flags a deployment may set; an administrator "
+                    "can allow it with PLUGBOARD_ALLOWED_FLAGS."
+                )
+            i = _skip_values(tokens, i, token, name)  # the administrator's (or a code flag): any value
+            continue
+        if "." in token.split("=", 1)[0]:
+            raise ArgumentError(f"“{token}” is refused: {name} takes {_describe(kind)}, not JSON keys.")
+        if kind.kind == "none":
+            if "=" in token:
+                raise ArgumentError(f"“{token}” is refused: {name} is a switch and takes no value.")
+            continue
         if "=" in token:
-            _check_value(name, token.split("=", 1)[1])
-            continue  # the value is inline
-        if "." in token and token.startswith("--"):
-            # vLLM's dotted JSON form (`--compilation-config.mode 3`) always takes the next token.
-            if i >= len(tokens):
-                raise ArgumentError(f"“{token}” needs a value after it.")
-            _check_characters(tokens[i])
+            value = token.split("=", 1)[1]
+        elif i < len(tokens) and not _is_flag(tokens[i]):
+            value = tokens[i]
+            _check_characters(value)
             i += 1
-            continue
-        if name in BOOLEAN_FLAGS:
-            continue
-        if name in MULTI_VALUE_FLAGS:
-            while i < len(tokens) and not _is_flag(tokens[i]):
-                _check_characters(tokens[i])
-                i += 1
-            continue
-        # Any other flag takes one value when one follows (a flag unknown to this
-        # table, e.g. from a newer vLLM on a GPU host, is assumed to take one).
-        if i < len(tokens) and not _is_flag(tokens[i]):
-            _check_characters(tokens[i])
-            _check_value(name, tokens[i])
-            i += 1
-        elif name in NUMERIC_FLAGS:
+        else:
+            raise ArgumentError(f"“{token}” needs a value after it: {_describe(kind)}.")
+        _check_value(name, kind, value, model_files)
+
+
+def _skip_values(tokens: Sequence[str], i: int, token: str, name: str) -> int:
+    """Returns the index after the values of a flag the table does not type (`tokens[i - 1]` is the flag),
+    each checked for control characters; the shape (none, one, several) comes from vLLM's parser tables."""
+    if "=" in token:
+        return i  # the value is inline
+    if "." in token and token.startswith("--"):
+        # vLLM's dotted JSON form (`--compilation-config.mode 3`) always takes the next token.
+        if i >= len(tokens):
             raise ArgumentError(f"“{token}” needs a value after it.")
+        _check_characters(tokens[i])
+        return i + 1
+    if name in BOOLEAN_FLAGS:
+        return i
+    if name in MULTI_VALUE_FLAGS:
+        while i < len(tokens) and not _is_flag(tokens[i]):
+            _check_characters(tokens[i])
+            i += 1
+        return i
+    # Any other flag takes one value when one follows (a flag from a newer vLLM is assumed to take one).
+    if i < len(tokens) and not _is_flag(tokens[i]):
+        _check_characters(tokens[i])
+        i += 1
+    return i
 
 
 def check_against_runtime(tokens: Sequence[str], flags: dict[str, dict], *, runtime: str) -> None:
@@ -382,16 +632,95 @@ def _runtime_flag(token: str, flags: dict[str, dict]) -> tuple[str | None, str |
     return None, None
 
 
-def _check_value(name: str, value: str) -> None:
-    """Refuses a value vLLM's parser would not take for `name` (only flags in NUMERIC_FLAGS are known)."""
-    kind = NUMERIC_FLAGS.get(name)
-    if kind is None:
-        return
-    try:
-        kind(value)
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise ArgumentError(f"“{name}” takes {what}, not “{_short(value)}”.") from None
+def _check_value(name: str, kind: Value, value: str, model_files: frozenset[str] | None) -> None:
+    """Refuses a value that is not of the kind ALLOWED_FLAGS gives `name`, saying what it takes."""
+    if len(value) > MAX_VALUE_LENGTH:
+        raise ArgumentError(f"The value of {name} is longer than {MAX_VALUE_LENGTH} characters.")
+    wrong = f"{name} takes {_describe(kind)}, not “{_short(value)}”."
+    if kind.kind in ("int", "float"):
+        try:
+            number = int(value) if kind.kind == "int" else float(value)
+        except ValueError:
+            raise ArgumentError(wrong) from None
+        if not kind.low <= number <= kind.high:
+            raise ArgumentError(wrong)
+    elif kind.kind == "choice":
+        if value not in kind.choices:
+            raise ArgumentError(wrong)
+    elif kind.kind == "text":
+        if not kind.pattern.fullmatch(value):
+            raise ArgumentError(wrong)
+    elif kind.kind == "model_file" and value not in kind.choices:
+        problem = model_path_problem(value, model_files, folder=kind.folder)
+        if problem:
+            raise ArgumentError(f"{name} “{_short(value)}” is refused: {problem}.")
+
+
+def _describe(kind: Value) -> str:
+    if kind.kind in ("int", "float"):
+        low, high = (int(n) if float(n).is_integer() else n for n in (kind.low, kind.high))
+        return f"{'a whole number' if kind.kind == 'int' else 'a number'} from {low} to {high}"
+    if kind.kind == "choice":
+        return "one of " + ", ".join(sorted(kind.choices))
+    if kind.kind == "text":
+        return kind.what
+    if kind.kind == "model_file":
+        words = f" ({', or '.join(sorted(kind.choices))} also)" if kind.choices else ""
+        return f"{PATH_FLAG_HINT}{words}"
+    return "no value"
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def model_path_problem(value: str, model_files: Iterable[str] | None, *, folder: bool = False) -> str | None:
+    """Returns why `value` is not a path relative to the base model's folder naming one of `model_files`
+    (with `folder`, a folder holding some of them, "." for the model's own), or None. With no manifest
+    (None) only the form is checked: relative, no "..", no "~", no URL; the node checks the rest."""
+    if not value or value.startswith(("/", "~", "\\")) or _SCHEME.match(value) or "\\" in value:
+        return f"give {PATH_FLAG_HINT}, not an absolute path, a home folder or a URL"
+    parts = value.split("/")
+    if ".." in parts:
+        return f"“..” would leave the model's folder; give {PATH_FLAG_HINT}"
+    if model_files is None:
+        return None
+    path = "/".join(p for p in parts if p not in ("", "."))
+    files = frozenset(model_files)
+    if path in files:
+        return None
+    if folder and (path == "" or any(f.startswith(path + "/") for f in files)):
+        return None
+    shown = ", ".join(sorted(files)[:8]) + (", …" if len(files) > 8 else "")
+    return f"the base model has no {'such folder' if folder else 'such file'} (its files: {shown or 'none'})"
+
+
+def resolved_extra_args(spec: ServerSpec) -> list[str]:
+    """Returns the spec's extra arguments as the server gets them: the value of each path flag
+    (ALLOWED_FLAGS' "model_file" kind) becomes that path inside the deployment's model folder,
+    `spec.model_path`. Raises ArgumentError if its real path (symbolic links followed, on the
+    node that runs it) leaves the model folder."""
+    out: list[str] = []
+    tokens = list(spec.extra_args)
+    root = os.path.realpath(spec.model_path)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        kind = ALLOWED_FLAGS.get(_canonical(token)) if _is_flag(token) else None
+        if kind is None or kind.kind != "model_file":
+            out.append(token)
+            continue
+        flag, inline, value = token.partition("=")
+        if not inline:
+            value = tokens[i]
+            i += 1
+        if value not in kind.choices:
+            value = os.path.join(spec.model_path, value)
+            real = os.path.realpath(value)
+            if os.path.commonpath([root, real]) != root:
+                raise ArgumentError(f"{flag} “{_short(value)}” leads outside the model's folder; it is refused.")
+        out += [f"{flag}={value}"] if inline else [flag, value]
+    return out
 
 
 def _not_a_flag(token: str) -> str:
@@ -490,37 +819,33 @@ def _abbreviates(name: str, flag: str) -> bool:
 # --- Environment -----------------------------------------------------------------------
 
 
-def parse_env(text: str, *, allow_trust_remote_code: bool = False) -> dict[str, str]:
+def parse_env(text: str, *, allowed_env: Iterable[str] = ()) -> dict[str, str]:
     """Returns the environment variables in `text` (one `KEY=VALUE` a line), or
-    raises ArgumentError naming the line and why.
+    raises ArgumentError naming the line and why. Error messages never quote a
+    value: values can be secrets.
 
     Blank lines and lines starting with `#` are skipped; a `#` later in a line is
     part of the value. Spaces around the name and the value are dropped, and one
     pair of matching quotes around the value is removed ('a b' or "a b"); nothing
-    is expanded. Names are case-sensitive, as in the process environment.
-    `allow_trust_remote_code` allows the variables that load code (CODE_ENV).
+    is expanded. Names are case-sensitive, as in the process environment. A name
+    must be in ALLOWED_ENV or `allowed_env` (the administrator's
+    PLUGBOARD_ALLOWED_ENV), and never one that loads code or reads files.
     """
     env: dict[str, str] = {}
     seen_on: dict[str, int] = {}
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.removesuffix("\r").strip()
-        if not line or line.startswith("#"):
-            continue
+    for number, name, value in env_lines(text):
         where = f"Line {number}"
-        if "=" not in line:
-            raise ArgumentError(f"{where} (“{_short(line)}”) is not KEY=VALUE.")
-        name, value = (part.strip() for part in line.split("=", 1))
+        if value is None:
+            raise ArgumentError(f"{where} (“{_short(name)}”) is not KEY=VALUE.")
         if not ENV_NAME.fullmatch(name):
             raise ArgumentError(
                 f"{where}: “{_short(name)}” is not a variable name (letters, digits and _, not starting with a digit)."
             )
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
         try:
-            _check_characters(value)
+            _check_env_value(value)
         except ArgumentError as exc:
             raise ArgumentError(f"{where} ({name}): {exc}") from None
-        refusal = _env_refusal(name, allow_trust_remote_code=allow_trust_remote_code)
+        refusal = _env_refusal(name, allowed_env=frozenset(allowed_env))
         if refusal:
             raise ArgumentError(f"{where}: {name} is refused: {refusal}.")
         if name in env:
@@ -530,12 +855,98 @@ def parse_env(text: str, *, allow_trust_remote_code: bool = False) -> dict[str, 
     return env
 
 
-def _env_refusal(name: str, *, allow_trust_remote_code: bool) -> str | None:
+def env_lines(text: str) -> list[tuple[int, str, str | None]]:
+    """Returns (line number, name, value) for each line of `text` that is not blank or a comment, as
+    parse_env reads it (one pair of quotes around the value removed); the value is None on a line
+    without "=". Nothing is checked: parse_env does that."""
+    lines = []
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.removesuffix("\r").strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            lines.append((number, line, None))
+            continue
+        name, value = (part.strip() for part in line.split("=", 1))
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        lines.append((number, name, value))
+    return lines
+
+
+# How a stored value is shown, and what an edit writes to keep one it never saw.
+ENV_MASK = "****"
+
+
+def env_names(text: str) -> list[str]:
+    """Returns the names `text` sets (one `KEY=VALUE` a line), in order."""
+    return [name for _, name, value in env_lines(text) if value is not None]
+
+
+def env_masked(text: str) -> str:
+    """Returns `text` as pages show it: "NAME=****" a line, values never."""
+    return "\n".join(f"{name}={ENV_MASK}" for name in env_names(text))
+
+
+def env_keep(text: str, stored: str) -> str:
+    """Returns `text` with each "NAME=****" line (a value left masked, as env_masked shows it) replaced by
+    NAME's line in `stored`: how an edit keeps a value it never saw. Other lines are kept as typed; a name
+    left out is removed. Raises ArgumentError for a masked NAME that `stored` does not set."""
+    kept = {name: raw for raw in stored.split("\n") for (_, name, value) in env_lines(raw) if value is not None}
+    out = []
+    for number, raw in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
+        found = env_lines(raw)
+        if found and found[0][2] == ENV_MASK:
+            name = found[0][1]
+            if name not in kept:
+                raise ArgumentError(
+                    f"Line {number}: {name}={ENV_MASK} keeps a stored value, but {name} has none; type its value."
+                )
+            raw = kept[name].strip()
+        out.append(raw)
+    return "\n".join(out)
+
+
+def _check_env_value(value: str) -> None:
+    if len(value) > MAX_ENV_VALUE:
+        raise ArgumentError(f"its value is longer than {MAX_ENV_VALUE} characters.")
+    for ch in value:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            name = _CONTROL_NAMES.get(ch) or unicodedata.name(ch, "a control character").lower()
+            raise ArgumentError(
+                f"its value contains U+{ord(ch):04X} ({name}); control and invisible characters are refused."
+            )
+
+
+def _env_refusal(name: str, *, allowed_env: frozenset[str]) -> str | None:
     if name in MANAGED_ENV:
         return MANAGED_ENV[name]
-    if name in CODE_ENV and not allow_trust_remote_code:
-        return "it loads code into the server; an administrator must allow remote code first"
-    return None
+    if name in ALLOWED_ENV:
+        return None
+    if reaches_outside(name):
+        return OUTSIDE_REASON
+    if name in allowed_env:
+        return None
+    return (
+        "it is not on the console's list of environment variables a deployment may set; an administrator can "
+        "allow it with PLUGBOARD_ALLOWED_ENV"
+    )
+
+
+def reaches_outside(name: str) -> bool:
+    """Returns whether a variable's name says it can load code or read files (LD_PRELOAD, PYTHONPATH,
+    *_PATH, *_FILE, *_DIR, *_HOME, *_URL, *_PLUGIN*, *_CONF, ...), unless ALLOWED_ENV_DESPITE_NAME
+    lists it; the administrator's list cannot allow such a name."""
+    if name in ALLOWED_ENV_DESPITE_NAME:
+        return False
+    upper = name.upper()
+    words = upper.split("_")
+    return (
+        upper.startswith(_OUTSIDE_PREFIXES)
+        or any(word in _OUTSIDE_WORDS for word in words)
+        or words[-1] in _OUTSIDE_LAST_WORDS
+        or any(word.endswith(("PATH", "DIR", "FILE", "HOME", "PRELOAD")) for word in words)
+    )
 
 
 def _short(text: str, limit: int = 40) -> str:
@@ -665,13 +1076,16 @@ def validate(spec: ServerSpec) -> None:
         elif isinstance(spec.cpu_threads, str) and not CPU_BIND.fullmatch(spec.cpu_threads):
             add(f"cpu_threads “{spec.cpu_threads}” is not a CPU list like “0-3” or “0,2,4”, nor auto/nobind.")
 
-    # extra_args and extra_env normally come from parse_extra_args/parse_env; they are
-    # checked again for what is never allowed (the administrator-gated code flags were
-    # checked against the setting at parse time, which this spec does not carry).
+    # extra_args and extra_env come from parse_extra_args/parse_env when a person saves them; they are
+    # checked again here under the settings the spec carries, which are those in force now: a relaunch
+    # after an administrator narrowed a setting is refused, not started with what is no longer allowed.
     for check in (
-        lambda: check_extra_args(spec.extra_args, allow_trust_remote_code=True),
-        lambda: _check_env_dict(spec.extra_env),
-    ):
+        lambda: check_extra_args(
+            spec.extra_args, allow_trust_remote_code=spec.allow_trust_remote_code,
+            allowed_flags=spec.allowed_flags, model_files=spec.model_files,
+        ),
+        lambda: _check_env_dict(spec.extra_env, allowed_env=spec.allowed_env),
+    ):  # fmt: skip
         try:
             check()
         except ArgumentError as exc:
@@ -680,13 +1094,17 @@ def validate(spec: ServerSpec) -> None:
         raise ArgumentError(" ".join(problems), problems)
 
 
-def _check_env_dict(env: dict[str, str]) -> None:
+def _check_env_dict(env: dict[str, str], *, allowed_env: frozenset[str]) -> None:
     for name, value in env.items():
         if not ENV_NAME.fullmatch(name):
             raise ArgumentError(f"“{_short(name)}” is not an environment variable name.")
-        if name in MANAGED_ENV:
-            raise ArgumentError(f"{name} is refused in the environment: {MANAGED_ENV[name]}.")
-        _check_characters(value)
+        refusal = _env_refusal(name, allowed_env=allowed_env)
+        if refusal:
+            raise ArgumentError(f"{name} is refused in the environment: {refusal}.")
+        try:
+            _check_env_value(value)
+        except ArgumentError as exc:
+            raise ArgumentError(f"{name}: {exc}") from None
 
 
 def build_command(python: str, spec: ServerSpec) -> tuple[list[str], dict[str, str]]:
@@ -695,7 +1113,9 @@ def build_command(python: str, spec: ServerSpec) -> tuple[list[str], dict[str, s
     validate() first (raising ArgumentError).
 
     The console's own flags come first, then the optional fields that are set,
-    then the user's extra arguments. `--lora-modules` is left out when there is no
+    then the user's extra arguments, then the middleware that guards every route
+    with the deployment's key, which travels in the environment
+    (PLUGBOARD_SERVER_KEY), never in argv. `--lora-modules` is left out when there is no
     adapter (it needs at least one value). On CPU the KV cache size is always
     given (1 GiB by default): with vLLM's default memory utilisation the CPU build
     refuses to start on small hosts."""
@@ -712,8 +1132,6 @@ def build_command(python: str, spec: ServerSpec) -> tuple[list[str], dict[str, s
         spec.host,
         "--port",
         str(spec.port),
-        "--api-key",
-        spec.api_key,
         "--enable-lora",
         "--max-loras",
         str(spec.max_loras),
@@ -746,7 +1164,11 @@ def build_command(python: str, spec: ServerSpec) -> tuple[list[str], dict[str, s
         argv.append("--enable-prefix-caching" if spec.enable_prefix_caching else "--no-enable-prefix-caching")
     if spec.enforce_eager:
         argv.append("--enforce-eager")
-    argv += spec.extra_args
+    argv += resolved_extra_args(spec)  # path flags confined to the model's folder
+    # No --api-key (it would show in `ps`, and it guards only /v1): the console's middleware guards every
+    # route with the key from the environment. Last, so it is the outermost: a middleware the user may add
+    # (--middleware, with remote code allowed) sees only requests that carry the key.
+    argv += ["--middleware", server_auth.IMPORT_PATH]
 
     # PYTHONPATH holds only the console's plugin: the server never sees the console's own modules.
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PYTHONPATH": str(PLUGIN_PATH)}
@@ -759,6 +1181,7 @@ def build_command(python: str, spec: ServerSpec) -> tuple[list[str], dict[str, s
         threads = spec.cpu_threads
         env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{threads - 1}" if isinstance(threads, int) else threads
     env.update(spec.extra_env)
+    env[server_auth.KEY_VARIABLE] = spec.api_key  # after the user's variables, which must not replace it
     return argv, env
 
 

@@ -11,6 +11,7 @@ from django.utils.text import slugify
 from cluster.models import CachedArtifact, Node
 from config.errors import DomainError
 from config.forms import StyledForm
+from config.vault import seal, unseal
 from deployments import memory, placement, services, vllm_args
 from deployments.models import Deployment
 from registry.models import Artifact, ArtifactKind, ArtifactStatus, Compatibility
@@ -196,8 +197,24 @@ class ResourcesStepForm(ResourcesForm):
 
 
 def stored(cleaned: dict) -> dict:
-    """A step's cleaned answers as the session keeps them (rows by primary key)."""
-    return {k: (v.pk if hasattr(v, "pk") else v) for k, v in cleaned.items()}
+    """A step's cleaned answers as the session keeps them (rows by primary key; the environment sealed,
+    since its values can be secrets and a session outlives an abandoned wizard)."""
+    answers = {k: (v.pk if hasattr(v, "pk") else v) for k, v in cleaned.items()}
+    if "extra_env" in answers:
+        answers["extra_env"] = seal({"env": answers["extra_env"]}).decode()
+    return answers
+
+
+def env_of(server: dict) -> str:
+    """The environment text the server step's answers hold (stored() sealed it)."""
+    sealed = server.get("extra_env") or ""
+    return unseal(sealed.encode()).get("env", "") if sealed else ""
+
+
+def server_initial(data: dict) -> dict:
+    """The server step's form as the answers so far fill it (the environment unsealed for the person typing it)."""
+    server = data.get("server") or {"dtype": "auto"}
+    return {**server, "extra_env": env_of(server)}
 
 
 class ServerForm(StyledForm):
@@ -247,19 +264,28 @@ class ServerForm(StyledForm):
         required=False,
         widget=forms.Textarea(attrs={"rows": 2}),
         label="Environment",
-        help_text="KEY=value, one per line.",
+        help_text="KEY=value, one per line, from the console's list (e.g. OMP_NUM_THREADS, VLLM_LOGGING_LEVEL). "
+        "Values are stored encrypted and never shown again.",
     )
 
+    # The base model whose files path flags (--chat-template) may name; None checks only their form.
+    base: Artifact | None = None
+
     def clean_extra_args(self):
-        return self._checked("extra_args", vllm_args.parse_extra_args)
+        return self._checked(
+            "extra_args", vllm_args.parse_extra_args,
+            allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE,
+            allowed_flags=django_settings.PLUGBOARD_ALLOWED_FLAGS,
+            model_files=services.model_files_of(self.base) if self.base else None,
+        )  # fmt: skip
 
     def clean_extra_env(self):
-        return self._checked("extra_env", vllm_args.parse_env)
+        return self._checked("extra_env", vllm_args.parse_env, allowed_env=django_settings.PLUGBOARD_ALLOWED_ENV)
 
-    def _checked(self, name: str, parse) -> str:
-        """The field's text, once `parse` accepts it (it refuses managed flags and variables)."""
+    def _checked(self, name: str, parse, **policy) -> str:
+        """The field's text, once `parse` accepts it under the administrator's settings `policy`."""
         try:
-            parse(self.cleaned_data[name], allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE)
+            parse(self.cleaned_data[name], **policy)
         except vllm_args.ArgumentError as exc:
             raise forms.ValidationError(str(exc)) from None
         return self.cleaned_data[name]
@@ -304,7 +330,7 @@ def answers_from(deployment) -> dict:
     server |= {
         "enable_prefix_caching": bool(settings.get("enable_prefix_caching")),
         "enforce_eager": bool(settings.get("enforce_eager")),
-        "extra_args": deployment.extra_args, "extra_env": deployment.extra_env,
+        "extra_args": deployment.extra_args, "extra_env": seal({"env": _env_to_retype(deployment)}).decode(),
     }  # fmt: skip
     attached = deployment.adapters.exclude(state="detaching")
     return {
@@ -313,6 +339,18 @@ def answers_from(deployment) -> dict:
         "resources": resources,
         "server": server,
     }
+
+
+def _env_to_retype(deployment) -> str:
+    """The copy's environment box: the names the original sets, commented out, since values (secrets,
+    maybe) are never copied into a form or the session; deploying without typing them sets none."""
+    names = deployment.env_names
+    if not names:
+        return ""
+    return "\n".join(
+        [f"# The values of {deployment.name}'s variables are not copied: type each, then remove its #."]
+        + [f"# {name}=" for name in names]
+    )
 
 
 def chosen_adapters(data: dict) -> list[tuple[Artifact, str]]:
@@ -429,10 +467,15 @@ def command_preview(data: dict, base: Artifact, placed: tuple[Node, str, list[in
         name=name, device=device, indices=indices, options=options, model_path=path(base),
         adapters=[(services._served_name(s or a.name), path(a), a.rank or 1) for a, s in chosen_adapters(data)],
         host=node.address, port=1, api_key="secret", extra_args=server.get("extra_args", ""),
-        extra_env=server.get("extra_env", ""), allow_trust_remote_code=True,
+        extra_env=env_of(server), model_files=services.model_files_of(base),
     )  # fmt: skip
     argv[argv.index("--port") + 1] = "<port chosen by the node>"
-    environment = " ".join(f"{k}={v}" for k, v in sorted(env.items()))
+    # The user's variables are shown by name only: their values can be secrets, and the page may be shared.
+    # The key is a placeholder here, masked where the environment holds it, like the real one would be.
+    typed = set(vllm_args.env_names(env_of(server)))
+    environment = " ".join(
+        f"{k}={vllm_args.ENV_MASK if k in typed or v == 'secret' else v}" for k, v in sorted(env.items())
+    )
     return f"{environment} {vllm_args.display(argv)}"
 
 
@@ -444,6 +487,6 @@ def deploy(data: dict, *, workspace, user):
     return services.deployment_create(
         workspace=workspace, name=data["base"]["name"], base=base, node=node, adapters=chosen_adapters(data),
         accelerator_indices=indices, settings={**settings_of(data, device), "device": device},
-        extra_args=server.get("extra_args", ""), extra_env=server.get("extra_env", ""),
+        extra_args=server.get("extra_args", ""), extra_env=env_of(server),
         allow_trust_remote_code=django_settings.PLUGBOARD_ALLOW_TRUST_REMOTE_CODE, user=user,
     )  # fmt: skip

@@ -1,10 +1,35 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from accounts.models import Workspace
 from cluster.models import Node
 from deployments.models import Deployment, DeploymentAdapter, DeploymentEvent
+from deployments.vllm_args import DEFAULT_MAX_ADAPTERS, ENV_MASK
+
+# Longest extra arguments and environment a request may carry: dozens of flags or variables, not a file.
+MAX_EXTRA_ARGS = 8192
+MAX_EXTRA_ENV = 32768
+ENV_READ_HELP = (
+    f'The environment variables the server gets, by name, each value masked as "{ENV_MASK}": values are write-only '
+    "(they can be secrets, and are stored encrypted). Write them as extra_env text, one NAME=value a line."
+)
+ENV_WRITE_HELP = (
+    "The environment variables, one NAME=value a line, from the console's list (or PLUGBOARD_ALLOWED_ENV). "
+    "Values are stored encrypted and never returned."
+)
+
+
+@extend_schema_field(serializers.DictField(child=serializers.CharField(), help_text=ENV_READ_HELP))
+class MaskedEnvField(serializers.Field):
+    """A sealed environment as {NAME: "****"}: the names, never a value."""
+
+    def __init__(self, **kwargs):
+        super().__init__(read_only=True, help_text=ENV_READ_HELP, **kwargs)
+
+    def to_representation(self, row) -> dict[str, str]:
+        return dict.fromkeys(row.env_names, ENV_MASK)
 
 
 class DeploymentAdapterSerializer(serializers.ModelSerializer):
@@ -33,6 +58,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     base_name = serializers.CharField(source="base.name", read_only=True)
     adapters = DeploymentAdapterSerializer(many=True, read_only=True)
     base_url = serializers.CharField(read_only=True)
+    extra_env = MaskedEnvField(source="*")
 
     class Meta:
         model = Deployment
@@ -56,7 +82,12 @@ class DeploymentDetailSerializer(DeploymentSerializer):
 
 class AdapterChoiceSerializer(serializers.Serializer):
     adapter = serializers.IntegerField()
-    served_name = serializers.CharField(required=False, allow_blank=True, default="")
+    served_name = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=DeploymentAdapter._meta.get_field("served_name").max_length,
+    )
 
 
 class DeploymentCreateSerializer(serializers.Serializer):
@@ -75,12 +106,17 @@ class DeploymentCreateSerializer(serializers.Serializer):
         child=serializers.IntegerField(min_value=0),
         required=False,
         default=list,
+        max_length=64,
         help_text="GPU numbers on the named node (ignored on a CPU node); leave out with automatic placement.",
     )
-    adapters = AdapterChoiceSerializer(many=True, required=False, default=list)
+    adapters = serializers.ListField(
+        child=AdapterChoiceSerializer(), required=False, default=list, max_length=DEFAULT_MAX_ADAPTERS
+    )
     settings = serializers.DictField(required=False, default=dict)
-    extra_args = serializers.CharField(required=False, allow_blank=True, default="")
-    extra_env = serializers.CharField(required=False, allow_blank=True, default="")
+    extra_args = serializers.CharField(required=False, allow_blank=True, default="", max_length=MAX_EXTRA_ARGS)
+    extra_env = serializers.CharField(
+        required=False, allow_blank=True, default="", max_length=MAX_EXTRA_ENV, help_text=ENV_WRITE_HELP
+    )
 
     def validate(self, attrs):
         if attrs["accelerator_indices"] and attrs.get("node") is None:
@@ -94,10 +130,16 @@ class DeploymentUpdateSerializer(serializers.Serializer):
     """Any of these; what is left out stays. A new node or new GPUs move the deployment there."""
 
     node = serializers.SlugRelatedField(slug_field="name", queryset=Node.objects.all(), required=False)
-    accelerator_indices = serializers.ListField(child=serializers.IntegerField(min_value=0), required=False)
+    accelerator_indices = serializers.ListField(
+        child=serializers.IntegerField(min_value=0), required=False, max_length=64
+    )
     settings = serializers.DictField(required=False)
-    extra_args = serializers.CharField(required=False, allow_blank=True)
-    extra_env = serializers.CharField(required=False, allow_blank=True)
+    extra_args = serializers.CharField(required=False, allow_blank=True, max_length=MAX_EXTRA_ARGS)
+    extra_env = serializers.CharField(
+        required=False, allow_blank=True, max_length=MAX_EXTRA_ENV,
+        help_text=f"{ENV_WRITE_HELP} The whole environment is replaced: a NAME={ENV_MASK} line keeps NAME's stored "
+        "value, and a name left out is removed.",
+    )  # fmt: skip
     max_adapters = serializers.IntegerField(
         required=False, min_value=1, max_value=10_000,
         help_text="How many adapters may be attached. Changing only this makes no new revision: the server keeps "
@@ -115,7 +157,7 @@ class DeploymentRevisionSerializer(serializers.Serializer):
     accelerator_indices = serializers.ListField(child=serializers.IntegerField(), source="revision.accelerator_indices")
     settings = serializers.DictField(source="revision.settings")
     extra_args = serializers.CharField(source="revision.extra_args")
-    extra_env = serializers.CharField(source="revision.extra_env")
+    extra_env = MaskedEnvField(source="revision")
     restores = serializers.IntegerField(
         source="revision.restores", allow_null=True, help_text="The revision this one rolled back to, if it did."
     )

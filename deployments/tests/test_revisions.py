@@ -5,11 +5,11 @@ and through the API."""
 
 from __future__ import annotations
 
-import importlib
 from datetime import timedelta
 
 import pytest
-from django.apps import apps
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from cluster.models import Node
@@ -81,14 +81,14 @@ def test_the_words_name_each_extra_argument_added_changed_or_removed():
     ]
 
 
-def test_the_words_name_each_environment_variable_added_changed_or_removed():
+def test_the_words_name_each_environment_variable_added_changed_or_removed_but_never_a_value():
     old = snapshot(extra_env="VLLM_LOGGING_LEVEL=INFO\nOMP_NUM_THREADS=2")
     new = snapshot(extra_env="# quieter\nVLLM_LOGGING_LEVEL=WARNING\nTOKENIZERS_PARALLELISM=false")
 
     assert describe(old, new) == [
-        "environment: 'VLLM_LOGGING_LEVEL=INFO' → 'VLLM_LOGGING_LEVEL=WARNING'",
-        "environment: 'TOKENIZERS_PARALLELISM=false' added",
-        "environment: 'OMP_NUM_THREADS=2' removed",
+        "environment: TOKENIZERS_PARALLELISM added",
+        "environment: VLLM_LOGGING_LEVEL changed",
+        "environment: OMP_NUM_THREADS removed",
     ]
 
 
@@ -120,7 +120,7 @@ def test_each_change_records_a_revision_with_who_made_it_through_the_api_or_the_
     by_number = {r.number: r for r in changed.revisions.all()}
     assert sorted(by_number) == [1, 2, 3]
     assert (by_number[2].created_by, by_number[2].settings["max_model_len"]) == (cast.member, 1024)
-    assert (by_number[3].created_by, by_number[3].extra_env) == (cast.admin, "OMP_NUM_THREADS=2")
+    assert (by_number[3].created_by, by_number[3].env_text) == (cast.admin, "OMP_NUM_THREADS=2")
 
 
 def test_the_api_lists_the_revisions_newest_first_with_what_changed(cast, changed):
@@ -133,15 +133,28 @@ def test_the_api_lists_the_revisions_newest_first_with_what_changed(cast, change
     assert (first["number"], first["current"], first["changes"]) == (1, False, ["first revision"])
 
 
-def test_a_deployment_made_before_revisions_were_kept_gets_a_history_of_one(cast, changed):
-    record_current = importlib.import_module("deployments.migrations.0006_record_current_revisions").record_current
-    DeploymentRevision.objects.filter(deployment=changed).delete()
+@pytest.mark.django_db(transaction=True)
+def test_upgrading_records_a_revision_for_older_deployments_and_seals_their_environment(cast, changed):
+    """Migrations 0006 (a revision for deployments made before revisions were kept) and 0007 (environments
+    sealed), run on a database that holds a deployment as it was before them."""
+    executor = MigrationExecutor(connection)
+    executor.migrate([("deployments", "0005_revisions")])
+    old = executor.loader.project_state([("deployments", "0005_revisions")]).apps
+    old.get_model("deployments", "DeploymentRevision").objects.filter(deployment_id=changed.pk).delete()
+    old.get_model("deployments", "Deployment").objects.filter(pk=changed.pk).update(extra_env="HF_TOKEN_X=s3cret")
 
-    record_current(apps, None)
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes("deployments"))
 
+    changed.refresh_from_db()
     (revision,) = changed.revisions.all()
     assert (revision.number, revision.created_by, revision.extra_args) == (2, None, "--max-num-seqs 8")
     assert revision.created_at == changed.updated_at
+    assert changed.env_text == revision.env_text == "HF_TOKEN_X=s3cret"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT encrypted_env FROM deployments_deployment WHERE id = %s", [changed.pk])
+        (stored,) = cursor.fetchone()
+    assert b"s3cret" not in bytes(stored) and bytes(stored).startswith(b"gAAAAA")
 
 
 # Rolling back ------------------------------------------------------------------------

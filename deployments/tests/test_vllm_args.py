@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from deployments.vllm_args import (
+    ALLOWED_ENV,
+    ALLOWED_FLAGS,
     BOOLEAN_FLAGS,
     CODE_FLAGS,
     CONTROL_FLAGS,
@@ -23,6 +25,7 @@ from deployments.vllm_args import (
     MANAGED_FLAGS,
     MULTI_VALUE_FLAGS,
     NOT_ABBREVIATIONS,
+    PATH_FLAGS,
     SETTINGS,
     AdapterSpec,
     ArgumentError,
@@ -32,9 +35,14 @@ from deployments.vllm_args import (
     default_max_lora_rank,
     default_max_loras,
     display,
+    env_keep,
+    env_masked,
     masked,
+    model_path_problem,
     parse_env,
     parse_extra_args,
+    reaches_outside,
+    resolved_extra_args,
     validate,
 )
 
@@ -98,7 +106,6 @@ def test_it_builds_the_cpu_command_exactly():
         "--served-model-name", "demo",
         "--host", "127.0.0.1",
         "--port", "8001",
-        "--api-key", "s3cret",
         "--enable-lora",
         "--max-loras", "4",
         "--max-lora-rank", "16",
@@ -107,8 +114,9 @@ def test_it_builds_the_cpu_command_exactly():
         '{"name":"demo:robot","path":"/cache/robot","base_model_name":"demo"}',
         "--dtype", "auto",
         "--kv-cache-memory-bytes", "1073741824",
+        "--middleware", "plugboard_vllm_auth.ServerKeyMiddleware",
     ]  # fmt: skip
-    assert env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PYTHONPATH": PLUGIN}
+    assert env == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PYTHONPATH": PLUGIN, "PLUGBOARD_SERVER_KEY": "s3cret"}
 
 
 def test_it_builds_the_gpu_command_with_every_optional_field_and_extra_args_last():
@@ -120,7 +128,6 @@ def test_it_builds_the_gpu_command_with_every_optional_field_and_extra_args_last
         "--served-model-name", "llama",
         "--host", "10.0.0.5",
         "--port", "9100",
-        "--api-key", "k-123",
         "--enable-lora",
         "--max-loras", "2",
         "--max-lora-rank", "64",
@@ -133,6 +140,7 @@ def test_it_builds_the_gpu_command_with_every_optional_field_and_extra_args_last
         "--no-enable-prefix-caching",
         "--enforce-eager",
         "--max-num-seqs", "32",
+        "--middleware", "plugboard_vllm_auth.ServerKeyMiddleware",
     ]  # fmt: skip
     assert env == {
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
@@ -140,6 +148,7 @@ def test_it_builds_the_gpu_command_with_every_optional_field_and_extra_args_last
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         "CUDA_VISIBLE_DEVICES": "2,3",
         "HF_HUB_OFFLINE": "1",
+        "PLUGBOARD_SERVER_KEY": "k-123",
     }
 
 
@@ -157,11 +166,14 @@ def test_it_leaves_out_lora_modules_when_there_is_no_adapter():
 
 
 def test_on_cpu_the_kv_cache_size_and_thread_binding_come_from_the_fields():
-    argv, env = build_command(PY, cpu_spec(kv_cache_bytes=2 * 1024**3, cpu_threads=2, extra_env={"OMP_X": "1"}))
+    argv, env = build_command(
+        PY, cpu_spec(kv_cache_bytes=2 * 1024**3, cpu_threads=2, extra_env={"OMP_NUM_THREADS": "1"})
+    )
 
     assert argv[argv.index("--kv-cache-memory-bytes") + 1] == str(2 * 1024**3)
     assert env == {
-        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PYTHONPATH": PLUGIN, "VLLM_CPU_OMP_THREADS_BIND": "0-1", "OMP_X": "1"
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "PYTHONPATH": PLUGIN, "VLLM_CPU_OMP_THREADS_BIND": "0-1", "OMP_NUM_THREADS": "1",
+        "PLUGBOARD_SERVER_KEY": "s3cret",
     }  # fmt: skip
     _, env = build_command(PY, cpu_spec(cpu_threads="4-7"))
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "4-7"
@@ -197,8 +209,7 @@ def test_display_is_a_pasteable_command_without_the_key():
     argv, _ = build_command(PY, cpu_spec())
     shown = display(argv)
 
-    assert "s3cret" not in shown
-    assert "--api-key '****'" in shown
+    assert "s3cret" not in shown and "--api-key" not in shown, "the key travels in the environment"
     assert """'{"name":"demo:pirate","path":"/cache/pirate","base_model_name":"demo"}'""" in shown
 
 
@@ -207,13 +218,13 @@ def test_display_is_a_pasteable_command_without_the_key():
 
 def test_it_splits_extra_args_like_a_shell_without_running_anything():
     text = """--max-num-seqs 8 --enable-chunked-prefill
-        --chat-template '{{ messages }} ; rm -rf /' --seed=-1 --numa-bind-cpus 0 1
-        --compilation-config.mode 3 -O3 --no-trust-remote-code"""
+        --chat-template 'templates/my chat.jinja' --seed=-1 --response-role bot
+        --kv-cache-dtype=fp8 --no-trust-remote-code"""
 
     assert parse_extra_args(text) == [
         "--max-num-seqs", "8", "--enable-chunked-prefill",
-        "--chat-template", "{{ messages }} ; rm -rf /", "--seed=-1", "--numa-bind-cpus", "0", "1",
-        "--compilation-config.mode", "3", "-O3", "--no-trust-remote-code",
+        "--chat-template", "templates/my chat.jinja", "--seed=-1", "--response-role", "bot",
+        "--kv-cache-dtype=fp8", "--no-trust-remote-code",
     ]  # fmt: skip
 
 
@@ -224,15 +235,16 @@ def test_empty_extra_args_are_no_arguments():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("--tokenizer $(reboot)", ["--tokenizer", "$(reboot)"]),
-        ("--tokenizer `reboot`", ["--tokenizer", "`reboot`"]),
-        ('--response-role "a; rm -rf / && reboot | sh"', ["--response-role", "a; rm -rf / && reboot | sh"]),
-        ("--revision=main;reboot", ["--revision=main;reboot"]),
+        ("--hf-overrides $(reboot)", ["--hf-overrides", "$(reboot)"]),
+        ("--hf-overrides `reboot`", ["--hf-overrides", "`reboot`"]),
+        ('--hf-overrides "a; rm -rf / && reboot | sh"', ["--hf-overrides", "a; rm -rf / && reboot | sh"]),
+        ("--hf-overrides=main;reboot", ["--hf-overrides=main;reboot"]),
         ("--seed -1", ["--seed", "-1"]),
     ],
 )
 def test_shell_metacharacters_in_values_stay_inert_literals(text, expected):
-    assert parse_extra_args(text) == expected
+    # An administrator's flag is the one whose value is checked only for control characters.
+    assert parse_extra_args(text, allowed_flags={"--hf-overrides"}) == expected
 
 
 @pytest.mark.parametrize(
@@ -351,16 +363,16 @@ def test_it_refuses_unbalanced_quotes_and_control_characters_inside_arguments(te
 
 def test_it_reads_key_value_lines_with_comments_and_quotes():
     text = """
-        # tokens for the hub mirror
-        HF_ENDPOINT=https://hub.internal/?a=b#frag
+        # quieter logs
+        VLLM_LOGGING_PREFIX=[a=b#frag]
         OMP_NUM_THREADS = 4
         GREETING="hello world"
         EMPTY=
         QUOTED='# not a comment'
     """
 
-    assert parse_env(text) == {
-        "HF_ENDPOINT": "https://hub.internal/?a=b#frag",
+    assert parse_env(text, allowed_env={"GREETING", "EMPTY", "QUOTED"}) == {
+        "VLLM_LOGGING_PREFIX": "[a=b#frag]",
         "OMP_NUM_THREADS": "4",
         "GREETING": "hello world",
         "EMPTY": "",
@@ -381,7 +393,7 @@ def test_it_reads_key_value_lines_with_comments_and_quotes():
 )
 def test_it_refuses_the_variables_the_console_manages(name, reason):
     with pytest.raises(ArgumentError, match=f"Line 2: {name} is refused: .*{reason}"):
-        parse_env(f"A=1\n{name}=x")
+        parse_env(f"A=1\n{name}=x", allowed_env={"A", name})
 
 
 @pytest.mark.parametrize(
@@ -398,14 +410,7 @@ def test_it_refuses_the_variables_the_console_manages(name, reason):
 )
 def test_it_refuses_malformed_environment_lines(text, message):
     with pytest.raises(ArgumentError, match=message):
-        parse_env(text)
-
-
-def test_variables_that_load_code_need_the_administrator_setting():
-    with pytest.raises(ArgumentError, match="LD_PRELOAD is refused: it loads code"):
-        parse_env("LD_PRELOAD=/tmp/x.so")
-
-    assert parse_env("LD_LIBRARY_PATH=/opt/x", allow_trust_remote_code=True) == {"LD_LIBRARY_PATH": "/opt/x"}
+        parse_env(text, allowed_env={"A", "ABC"})
 
 
 # --- defaults ----------------------------------------------------------------------
@@ -495,8 +500,23 @@ def test_validate_lists_every_problem_at_once():
     assert len(exc.value.problems) == 3
 
 
-def test_validate_leaves_administrator_gated_flags_to_parse_time():
-    validate(cpu_spec(extra_args=("--trust-remote-code",)))
+def test_validate_checks_the_extra_arguments_and_environment_under_the_settings_the_spec_carries():
+    with pytest.raises(ArgumentError, match="an administrator must allow remote code"):
+        validate(cpu_spec(extra_args=("--trust-remote-code",)))
+    validate(cpu_spec(extra_args=("--trust-remote-code",), allow_trust_remote_code=True))
+
+    with pytest.raises(ArgumentError, match="PLUGBOARD_ALLOWED_FLAGS"):
+        validate(cpu_spec(extra_args=("--hf-overrides", "{}")))
+    validate(cpu_spec(extra_args=("--hf-overrides", "{}"), allowed_flags=frozenset({"--hf-overrides"})))
+
+    with pytest.raises(ArgumentError, match=r"MY_TUNING is refused in the environment: .*PLUGBOARD_ALLOWED_ENV"):
+        validate(cpu_spec(extra_env={"MY_TUNING": "1"}))
+    validate(cpu_spec(extra_env={"MY_TUNING": "1"}, allowed_env=frozenset({"MY_TUNING"})))
+    with pytest.raises(ArgumentError, match="MY_PLUGIN_DIR is refused in the environment: it can load code"):
+        validate(cpu_spec(extra_env={"MY_PLUGIN_DIR": "/x"}, allowed_env=frozenset({"MY_PLUGIN_DIR"})))
+
+    with pytest.raises(ArgumentError, match="the base model has no such file"):
+        validate(cpu_spec(extra_args=("--chat-template", "x.jinja"), model_files=frozenset({"config.json"})))
 
 
 # --- against vLLM 0.32's real parser -----------------------------------------------
@@ -518,7 +538,13 @@ options = {}
 for action in parser._actions:
     for option in action.option_strings:
         options[option] = "0" if action.nargs == 0 else str(action.nargs)
-keys = ["model", "model_tag", "served_model_name", "host", "port", "api_key", "enable_lora", "max_loras",
+choices = {o: sorted(map(str, a.choices)) for a in parser._actions if a.choices for o in a.option_strings}
+import vllm.reasoning, vllm.tool_parsers
+from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+choices["--tool-call-parser"] = sorted(vllm.tool_parsers._TOOL_PARSERS_TO_REGISTER)
+choices["--reasoning-parser"] = sorted(vllm.reasoning._REASONING_PARSERS_TO_REGISTER)
+choices["--quantization"] = choices["-q"] = sorted(QUANTIZATION_METHODS)
+keys = ["model", "model_tag", "served_model_name", "host", "port", "api_key", "middleware", "enable_lora", "max_loras",
         "max_lora_rank", "dtype", "max_model_len", "gpu_memory_utilization", "kv_cache_memory_bytes",
         "tensor_parallel_size", "max_cpu_loras", "enable_prefix_caching", "enforce_eager", "max_num_seqs",
         "trust_remote_code", "seed", "chat_template"]
@@ -535,14 +561,14 @@ for args in request:
         {"name": m.name, "path": m.path, "base_model_name": m.base_model_name} for m in ns.lora_modules or []
     ]
     results.append(out)
-print(json.dumps({"options": options, "results": results}))
+print(json.dumps({"options": options, "choices": choices, "results": results}))
 """
 
 ACCEPTED_EXTRAS = [
     "--max-num-seqs 8 --enable-chunked-prefill --seed -1",
-    "--chat-template '{{ messages }} ; rm -rf /' --numa-bind-cpus 0 1 --no-trust-remote-code",
+    "--generation-config vllm --no-trust-remote-code --response-role bot",
     "--enable-auto-tool-choice --tool-call-parser hermes --disable-log-stats --reasoning-parser deepseek_r1",
-    "--compilation-config.mode 3 -O3 --max_num_seqs=4",
+    "--max_num_seqs=4 --kv-cache-dtype fp8 --load-format safetensors --uvicorn-log-level warning -pp 1",
 ]
 # Spellings of managed flags parse_extra_args refuses, and what vLLM would have done with them.
 ALIASES = {
@@ -559,12 +585,17 @@ ALIASES = {
 
 
 @pytest.fixture(scope="module")
-def real_parser():
+def real_parser(tmp_path_factory):
     """vLLM 0.32's parser run on the argv lists below, in one subprocess."""
     if not VLLM_PYTHON.exists():
         pytest.skip(f"{VLLM_PYTHON} is missing (`make vllm` builds it); the real-parser checks need vLLM installed")
     base = build_command(PY, cpu_spec())[0][3:]
+    model = tmp_path_factory.mktemp("model")
+    (model / "templates").mkdir()
+    (model / "templates" / "chat.jinja").write_text("{{ messages }}")
+    with_template = cpu_spec(model_path=str(model), extra_args=("--chat-template", "templates/chat.jinja"))
     argvs = [
+        build_command(PY, with_template)[0][3:],
         base,
         build_command(PY, gpu_spec(enable_prefix_caching=True, extra_args=()))[0][3:],
         build_command(PY, gpu_spec())[0][3:],
@@ -583,7 +614,10 @@ def real_parser():
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     results = iter(report["results"])
     return {
+        "template": next(results),
+        "template_path": f"{model}/templates/chat.jinja",
         "options": report["options"],
+        "choices": report["choices"],
         "cpu": next(results),
         "gpu": next(results),
         "gpu_extras": next(results),
@@ -602,7 +636,8 @@ def test_vllm_parses_the_cpu_command_to_what_the_spec_says(real_parser):
         "served_model_name": ["demo"],
         "host": "127.0.0.1",
         "port": 8001,
-        "api_key": ["s3cret"],
+        "api_key": None,
+        "middleware": ["plugboard_vllm_auth.ServerKeyMiddleware"],
         "enable_lora": True,
         "max_loras": 4,
         "max_lora_rank": 16,
@@ -634,9 +669,11 @@ def test_vllm_accepts_the_extra_args_parse_extra_args_lets_through_without_a_str
     for text, parsed in zip(ACCEPTED_EXTRAS, real_parser["extras"], strict=True):
         assert "error" not in parsed, (text, parsed)
         assert parsed["model_tag"] is None, text
-        assert parsed["port"] == 8001 and parsed["api_key"] == ["s3cret"], text
+        assert parsed["port"] == 8001 and parsed["middleware"] == ["plugboard_vllm_auth.ServerKeyMiddleware"], text
     assert real_parser["extras"][0]["seed"] == -1
-    assert real_parser["extras"][1]["chat_template"] == "{{ messages }} ; rm -rf /"
+    # vLLM checks that a path-like chat template exists: the path the node made of the relative one does.
+    assert "error" not in real_parser["template"], real_parser["template"]
+    assert real_parser["template"]["chat_template"] == real_parser["template_path"]
 
 
 def test_the_refused_spellings_really_are_the_managed_flags_to_vllm(real_parser):
@@ -656,6 +693,18 @@ def test_the_flag_tables_match_vllms_parser(real_parser):
     # Refusing abbreviations must not refuse a real flag that merely starts a refused one.
     shadowed = {o for o in options for r in refused if r != o and r.startswith(o) and o[:2] == r[:2]}
     assert shadowed - refused == NOT_ABBREVIATIONS
+
+
+def test_the_allowlist_names_real_flags_with_the_values_vllm_takes(real_parser):
+    options, choices = real_parser["options"], real_parser["choices"]
+
+    assert set(ALLOWED_FLAGS) - set(options) == set(), "an allowed flag was renamed or removed in vLLM"
+    assert set(PATH_FLAGS) - set(options) == set(), "a path flag was renamed or removed in vLLM"
+    for flag, kind in ALLOWED_FLAGS.items():
+        assert (options[flag] == "0") == (kind.kind == "none"), flag
+        assert options[flag] in ("0", "None"), f"{flag} takes several values; the table types one"
+        if kind.kind == "choice" and flag in choices:
+            assert kind.choices <= set(choices[flag]), (flag, kind.choices - set(choices[flag]))
 
 
 def test_every_deployment_setting_is_a_field_of_the_server_spec():
@@ -701,3 +750,174 @@ def test_arguments_the_runtime_knows_pass(text):
 def test_arguments_the_runtime_would_refuse_are_refused_in_its_words(text, message):
     with pytest.raises(ArgumentError, match=re.escape(message)):
         check_against_runtime(text.split(), RUNTIME_FLAGS, runtime="vLLM 0.32.0 on cpu-1")
+
+
+# --- the allowlists ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("--max-num-seqs 0", "--max-num-seqs takes a whole number from 1 to"),
+        ("--max-num-seqs eight", "--max-num-seqs takes a whole number"),
+        ("--cpu-offload-gb half", "--cpu-offload-gb takes a number from 0"),
+        ("--load-format pt", "--load-format takes one of auto, dummy, safetensors, not “pt”"),
+        ("--load-format=tensorizer", "--load-format takes one of"),
+        ("--tool-call-parser /tmp/my_parser.py", "--tool-call-parser takes one of"),
+        ("--reasoning-parser mine.Parser", "--reasoning-parser takes one of"),
+        ("--response-role 'a b'", "--response-role takes a role name"),
+        ("--enable-chunked-prefill=false", "--enable-chunked-prefill is a switch and takes no value"),
+        ("--max-num-seqs", "“--max-num-seqs” needs a value after it: a whole number"),
+        ("--seed.key 1", "--seed takes a whole number .*, not JSON keys"),
+        ("--max-num-s 4", "“--max-num-s” is not on the console's list .* PLUGBOARD_ALLOWED_FLAGS"),
+        ("--hf-overrides {}", "“--hf-overrides” is not on the console's list"),
+        ("--numa-bind-cpus 0 1", "“--numa-bind-cpus” is not on the console's list"),
+    ],
+)
+def test_each_allowed_flag_takes_only_a_value_of_its_kind(text, message):
+    with pytest.raises(ArgumentError, match=message):
+        parse_extra_args(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("--tokenizer /models/other-team", "another tokenizer folder"),
+        ("--download-dir /data/other-team", "a folder on the node outside the deployment's model"),
+        ("--allowed-local-media-path /", "read files from a folder on the node"),
+        ('--speculative-config \'{"model": "/models/x"}\'', "names a draft model"),
+        ("--tool-server http://169.254.169.254", "call the hosts it names"),
+        ("--compilation-config.cache_dir /tmp/x", "can name folders on the node"),
+    ],
+)
+def test_path_and_url_flags_are_refused_even_when_an_administrator_lists_them(text, reason):
+    flag = text.split()[0].split(".")[0]
+    with pytest.raises(ArgumentError, match=f"{reason}.*even if an administrator lists it"):
+        parse_extra_args(text, allowed_flags={flag})
+
+
+def test_an_administrators_flags_are_allowed_but_never_managed_or_code_flags():
+    assert parse_extra_args("--hf-overrides '{\"a\": 1}' --max-num-partial-prefills 2", allowed_flags={
+        "--hf-overrides", "--max-num-partial-prefills"
+    }) == ["--hf-overrides", '{"a": 1}', "--max-num-partial-prefills", "2"]  # fmt: skip
+
+    # A listed switch brings its --no- twin, as vLLM's BooleanOptionalAction does.
+    assert parse_extra_args("--no-kv-sharing-fast-prefill", allowed_flags={"--kv-sharing-fast-prefill"})
+    with pytest.raises(ArgumentError, match="the console sets --port itself"):
+        parse_extra_args("--port 1", allowed_flags={"--port"})
+    with pytest.raises(ArgumentError, match="an administrator must allow remote code"):
+        parse_extra_args("--worker-cls x.Y", allowed_flags={"--worker-cls"})
+    with pytest.raises(ArgumentError, match="U\\+0000"):
+        parse_extra_args("--hf-overrides 'a\x00'", allowed_flags={"--hf-overrides"})
+
+
+@pytest.mark.parametrize(
+    ("value", "folder", "problem"),
+    [
+        ("/etc/passwd", False, "not an absolute path"),
+        ("~/x.jinja", False, "a home folder"),
+        ("http://evil/x.jinja", False, "a URL"),
+        ("file:x.jinja", False, "a URL"),
+        ("../other-model/chat_template.jinja", False, "would leave the model's folder"),
+        ("templates/../../x", False, "would leave the model's folder"),
+        ("missing.jinja", False, "the base model has no such file"),
+        ("templates", False, "the base model has no such file"),
+        ("nowhere", True, "the base model has no such folder"),
+    ],
+)
+def test_a_path_flag_must_name_a_file_of_the_base_model(value, folder, problem):
+    files = {"config.json", "chat_template.jinja", "templates/tool.jinja"}
+    assert problem in model_path_problem(value, files, folder=folder)
+
+
+def test_a_path_flag_naming_a_file_of_the_base_model_is_accepted():
+    files = {"config.json", "chat_template.jinja", "templates/tool.jinja"}
+    for value, folder in [("chat_template.jinja", False), ("./templates/tool.jinja", False), ("templates", True),
+                          (".", True)]:  # fmt: skip
+        assert model_path_problem(value, files, folder=folder) is None
+    assert parse_extra_args("--chat-template=templates/tool.jinja --generation-config vllm", model_files=files)
+    # Without a manifest only the form is checked; the node resolves the path under the model's folder.
+    assert model_path_problem("anything.jinja", None) is None
+
+
+def test_the_node_resolves_a_path_flag_under_the_models_folder(tmp_path):
+    model = tmp_path / "model"
+    (model / "templates").mkdir(parents=True)
+    (model / "templates" / "chat.jinja").write_text("{{ messages }}")
+    spec = cpu_spec(model_path=str(model), extra_args=("--chat-template=templates/chat.jinja", "--generation-config",
+                                                        ".", "--seed", "1"))  # fmt: skip
+
+    argv, _ = build_command(PY, spec)
+
+    assert argv[argv.index("--seed") - 3 : argv.index("--seed") + 2] == [
+        f"--chat-template={model}/templates/chat.jinja", "--generation-config", f"{model}/.", "--seed", "1"
+    ]  # fmt: skip
+
+
+def test_a_symbolic_link_out_of_the_models_folder_is_refused_at_launch(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (tmp_path / "other-team.jinja").write_text("secret")
+    (model / "chat.jinja").symlink_to(tmp_path / "other-team.jinja")
+
+    with pytest.raises(ArgumentError, match="leads outside the model's folder"):
+        resolved_extra_args(cpu_spec(model_path=str(model), extra_args=("--chat-template", "chat.jinja")))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONHOME", "PYTHONSTARTUP", "HF_HOME", "TRANSFORMERS_CACHE", "HF_ENDPOINT",
+     "NCCL_DEBUG_FILE", "NCCL_TOPO_FILE", "NCCL_NET_PLUGIN", "NCCL_TUNER_PLUGIN", "NCCL_CONF_FILE", "VLLM_PLUGIN_X",
+     "CUDA_INJECTION64_PATH", "VLLM_CACHE_ROOT", "VLLM_LOGGING_CONFIG_PATH", "HTTPS_PROXY", "MY_CACHE_DIR",
+     "SSL_CERT_FILE", "GCONV_PATH", "VLLM_NCCL_SO_PATH", "VLLM_HOST_IP"],
+)  # fmt: skip
+def test_variables_that_load_code_or_read_files_are_refused_even_when_an_administrator_lists_them(name):
+    assert reaches_outside(name)
+    with pytest.raises(
+        ArgumentError, match=f"{name} is refused: it can load code or read files outside the deployment"
+    ):
+        parse_env(f"{name}=/tmp/x", allowed_env={name})
+
+
+def test_variables_off_the_list_need_the_administrator():
+    with pytest.raises(
+        ArgumentError, match=r"MY_TUNING is refused: it is not on the console's list .* PLUGBOARD_ALLOWED_ENV"
+    ):
+        parse_env("MY_TUNING=1")
+    assert parse_env("MY_TUNING=1", allowed_env={"MY_TUNING"}) == {"MY_TUNING": "1"}
+    # The administrator cannot take over what the console sets.
+    with pytest.raises(ArgumentError, match="CUDA_VISIBLE_DEVICES is refused: the console sets it"):
+        parse_env("CUDA_VISIBLE_DEVICES=0", allowed_env={"CUDA_VISIBLE_DEVICES"})
+
+
+def test_the_built_in_list_holds_no_name_that_reaches_outside_and_none_the_console_sets():
+    assert {name for name in ALLOWED_ENV if reaches_outside(name)} == set()
+    assert not ALLOWED_ENV & set(__import__("deployments.vllm_args").vllm_args.MANAGED_ENV)
+    for name in ["OMP_NUM_THREADS", "VLLM_LOGGING_LEVEL", "NCCL_SOCKET_IFNAME", "TOKENIZERS_PARALLELISM",
+                 "HF_HUB_OFFLINE", "PYTORCH_CUDA_ALLOC_CONF", "ONEDNN_MAX_CPU_ISA"]:  # fmt: skip
+        assert parse_env(f"{name}=1") == {name: "1"}
+
+
+def test_the_vllm_variables_on_the_list_are_ones_vllm_reads():
+    envs = VLLM_PYTHON.parents[1] / "lib" / "python3.11" / "site-packages" / "vllm" / "envs.py"
+    if not envs.exists():
+        pytest.skip(f"{envs} is missing (`make vllm` builds it)")
+    known = set(re.findall(r'^    "([A-Z0-9_]+)":', envs.read_text(), re.M))
+    assert {n for n in ALLOWED_ENV if n.startswith("VLLM_")} - known == set()
+
+
+@pytest.mark.parametrize(("text", "message"), [("TOKEN=sk-\x00abc", "U\\+0000"), ("TOKEN=" + "x" * 5000, "longer")])
+def test_an_environment_error_never_quotes_the_value(text, message):
+    with pytest.raises(ArgumentError, match=message) as exc:
+        parse_env(text, allowed_env={"TOKEN"})
+    assert "sk-" not in str(exc.value) and "xxxx" not in str(exc.value)
+
+
+def test_values_are_masked_and_a_masked_line_keeps_the_stored_value():
+    stored = "OMP_NUM_THREADS=4\nHF_TOKEN_X='s3cret value'\n# a comment"
+
+    assert env_masked(stored) == "OMP_NUM_THREADS=****\nHF_TOKEN_X=****"
+    assert env_keep("OMP_NUM_THREADS=8\nHF_TOKEN_X=****", stored) == "OMP_NUM_THREADS=8\nHF_TOKEN_X='s3cret value'"
+    assert env_keep("HF_TOKEN_X = ****", stored) == "HF_TOKEN_X='s3cret value'"
+    with pytest.raises(ArgumentError, match="Line 2: NEW=\\*\\*\\*\\* keeps a stored value, but NEW has none"):
+        env_keep("OMP_NUM_THREADS=****\nNEW=****", stored)

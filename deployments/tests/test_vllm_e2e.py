@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,16 +36,6 @@ from tests.support.nodes import api_as
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.demo]
 PROMPT = "What is the capital of France?"
-
-
-@pytest.fixture
-def no_stray_servers():
-    yield
-    for pid in Deployment.objects.exclude(pid=None).values_list("pid", flat=True):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def ask(deployment: Deployment, model: str) -> str:
@@ -115,10 +106,12 @@ class Journey:
             "/api/v1/deployments/",
             {"name": "demo", "base": self.artifacts[DEMO_BASE].pk, "node": "cpu-node",
              "adapters": [{"adapter": self.artifacts["pirate"].pk}, {"adapter": self.artifacts["json-answer"].pk}],
-             "settings": {"dtype": "bfloat16", "max_model_len": 2048, "kv_cache_bytes": 1 << 30}},
+             "settings": {"dtype": "bfloat16", "max_model_len": 2048, "kv_cache_bytes": 1 << 30},
+             "extra_env": "TOKENIZERS_PARALLELISM=false"},
             format="json",
         )  # fmt: skip
         assert response.status_code == 202, response.content
+        assert response.json()["extra_env"] == {"TOKENIZERS_PARALLELISM": "****"}, "values are never read back"
         self.pk = response.json()["id"]
         wait_for(lambda: self.status() == "ready", timeout=300, every=1, what="the deployment to be ready")
         deployment = self.deployment
@@ -130,7 +123,21 @@ class Journey:
             if "=" in item
         )
         assert not {"DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "PLUGBOARD_SECRET_KEY"} & environ.keys()
-        assert environ["HOME"].endswith("/homes/demo") and environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+        assert environ["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+        assert environ["TOKENIZERS_PARALLELISM"] == "false", "the user's variable, unsealed only at launch"
+        # Its key reaches it only there: `ps` shows every user the command line, and no log line holds it.
+        key = deployment.api_key
+        assert environ["PLUGBOARD_SERVER_KEY"] == key
+        assert key not in Path(f"/proc/{deployment.pid}/cmdline").read_text()
+        assert "--api-key" not in deployment.command and key not in deployment.command
+        # It runs, logs and keeps its caches in a folder of this deployment's revision, which only the agent reads.
+        folder = Path(deployment.log_path).parent
+        assert folder.name == f"{deployment.pk}-r1" and Path(deployment.log_path).name == "server.log"
+        assert environ["HOME"] == str(folder / "home") == os.readlink(f"/proc/{deployment.pid}/cwd")
+        assert (stat.S_IMODE(folder.stat().st_mode), stat.S_IMODE(Path(deployment.log_path).stat().st_mode)) == (
+            0o700, 0o600,
+        )  # fmt: skip
+        assert key not in Path(deployment.log_path).read_text()
         assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}
         base, pirate = ask(deployment, "demo"), ask(deployment, "demo:pirate")
         assert "Paris" in base and "Arr" not in base and not base.lstrip().startswith("{")
@@ -169,9 +176,12 @@ class Journey:
 
     def the_node_keeps_the_servers_own_figures_for_the_page(self) -> None:
         deployment = self.deployment
+        self.server_headers = {"Authorization": f"Bearer {deployment.api_key}"}
 
         def scraped_now():
-            direct = vllm_metrics.parse(requests.get(f"{deployment.base_url}/metrics", timeout=10).text, at=0)
+            direct = vllm_metrics.parse(
+                requests.get(f"{deployment.base_url}/metrics", headers=self.server_headers, timeout=10).text, at=0
+            )
             window = server_metrics.window(self.pk)
             return window and (window[-1].generation_tokens, window[-1].prompt_tokens) == (
                 direct.generation_tokens, direct.prompt_tokens,
@@ -279,6 +289,9 @@ class Journey:
         )  # fmt: skip
         deployment = self.deployment
         assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}, "the same adapter set comes back"
+        # The same revision goes on in the same log, so the killed server's last lines stay above the restart.
+        assert Path(deployment.log_path).parent.name == f"{deployment.pk}-r1"
+        assert Path(deployment.log_path).read_text().count("==== starting revision 1 at") == 2
         assert "Arr" in ask(deployment, "demo:pirate")
         assert "Arr" in wait_for(
             lambda: _answer_or_none(self.gateway, "demo:pirate"), timeout=5, what="the gateway to follow"
@@ -317,6 +330,7 @@ class Journey:
         deployment = self.deployment
         assert deployment.launched_node.name == "cpu-node-2" and not process_alive(old_pid), "the old server stopped"
         assert deployment.pid != old_pid and "--max-num-seqs 8" in deployment.command
+        assert Path(deployment.log_path).parent.name == f"{deployment.pk}-r2", "a new revision, a new log"
         assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}
         assert "Arr" in ask(deployment, "demo:pirate")
         assert "Arr" in wait_for(

@@ -70,7 +70,7 @@ def test_every_server_gets_the_plugin_and_a_user_cannot_take_it_away():
     assert env["PYTHONPATH"] == str(vllm_args.PLUGIN_PATH)
     for name in ("PYTHONPATH", "VLLM_PLUGINS"):
         with pytest.raises(vllm_args.ArgumentError, match=name):
-            vllm_args.parse_env(f"{name}=/tmp/elsewhere", allow_trust_remote_code=True)
+            vllm_args.parse_env(f"{name}=/tmp/elsewhere", allowed_env={name})
 
 
 def demo_spec() -> vllm_args.ServerSpec:

@@ -51,7 +51,7 @@ def test_the_wizard_deploys_the_demo_model_with_two_adapters(cast, client, demo,
 
     review = client.get(step("review")).content.decode()
     assert "--lora-modules" in review and "chat:pirate" in review and "chat:beep" in review
-    assert "****" in review and "secret" not in review
+    assert "secret" not in review and "--api-key" not in review, "the key travels in the environment"
     assert "--max-num-seqs 4" in review
     assert f"--max-loras {vllm_args.default_max_loras(2, device='cpu')}" in review
     response = client.post(step("review"), {"next": "1"})
@@ -152,8 +152,11 @@ def test_a_max_model_len_above_the_models_context_is_refused_where_it_is_typed(c
 @pytest.mark.parametrize(
     ("extra_args", "fragment"),
     [
-        ("--max-num-seqs abc", "“--max-num-seqs” takes a whole number, not “abc”."),
-        ("--cpu-offload-gb=lots", "“--cpu-offload-gb” takes a number, not “lots”."),
+        ("--max-num-seqs abc", "--max-num-seqs takes a whole number from 1 to 1048576, not “abc”."),
+        ("--cpu-offload-gb=lots", "--cpu-offload-gb takes a number from 0 to 1048576, not “lots”."),
+        ("--chat-template /etc/passwd", "--chat-template “/etc/passwd” is refused: give a path relative to"),
+        ("--chat-template other.jinja", "the base model has no such file (its files: chat_template.jinja, config.json"),
+        ("--hf-overrides {}", "an administrator can allow it with PLUGBOARD_ALLOWED_FLAGS"),
         ("--max-loras 9", "comes from the deployment&#x27;s max_loras setting"),
     ],
 )
@@ -232,11 +235,15 @@ def test_a_manual_gpu_placement_without_gpus_is_refused_and_an_automatic_one_tak
     ("extra_args", "message"),
     [
         ("--no-such-flag 3", "vLLM 0.32.0 on cpu-1 does not know “--no-such-flag”; its parser says: unrecognized"),
-        ("--max-num-batched-tokens many", "argument --max-num-batched-tokens: invalid int value: &#x27;many&#x27;"),
+        ("--max-num-partial-prefills many", "argument --max-num-partial-prefills: invalid int value: &#x27;many&#x27;"),
     ],
 )
-def test_extra_arguments_are_checked_by_the_flags_the_nodes_runtime_reports(cast, client, demo, extra_args, message):
-    flags = {"--max-num-batched-tokens": {"takes": "int"}, "--enforce-eager": {"takes": "none"}}
+def test_extra_arguments_are_checked_by_the_flags_the_nodes_runtime_reports(
+    cast, client, demo, settings, extra_args, message
+):
+    # Flags an administrator allows are checked by the node's runtime only.
+    settings.PLUGBOARD_ALLOWED_FLAGS = ["--no-such-flag", "--max-num-partial-prefills"]
+    flags = {"--max-num-batched-tokens": {"takes": "int"}, "--max-num-partial-prefills": {"takes": "int"}}
     Node.objects.filter(name="cpu-1").update(runtimes=[{**CPU_RUNTIME, "flags": flags}])
     client.force_login(cast.member)
     through_adapters(client, demo)
@@ -249,7 +256,8 @@ def test_extra_arguments_are_checked_by_the_flags_the_nodes_runtime_reports(cast
     assert taken.status_code == 302 and taken["Location"] == step("review")
 
 
-def test_the_api_refuses_what_the_nodes_runtime_would_and_so_does_an_edit(cast, demo):
+def test_the_api_refuses_what_the_nodes_runtime_would_and_so_does_an_edit(cast, demo, settings):
+    settings.PLUGBOARD_ALLOWED_FLAGS = ["--no-such-flag", "--turbo"]
     flags = {"--max-num-seqs": {"takes": "int"}}
     Node.objects.filter(name="cpu-1").update(runtimes=[{**CPU_RUNTIME, "flags": flags}])
     api = api_as(cast.member)
