@@ -58,3 +58,35 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} {self.status} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class UsageTotal(models.Model):
+    """Usage summed over an hour or a day, per deployment, model id and caller, as the usage page groups it.
+    Raw UsageRecords expire (PLUGBOARD_USAGE_RAW_DAYS); these stay, so usage stays known for months at a
+    size that grows with time and groups, not with traffic. Written by services.usage_rollup."""
+
+    class Period(models.TextChoices):
+        HOUR = "hour", "Hour"
+        DAY = "day", "Day"
+
+    period = models.CharField(max_length=4, choices=Period.choices)
+    start = models.DateTimeField()
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="+")
+    # The groups by their names at the time, as usage_summary shows them (a deleted key keeps its name here).
+    deployment = models.CharField(max_length=63)
+    model = models.CharField(max_length=130)
+    caller = models.CharField(max_length=200)
+    requests = models.PositiveIntegerField()
+    errors = models.PositiveIntegerField()
+    prompt_tokens = models.BigIntegerField()
+    completion_tokens = models.BigIntegerField()
+    duration_ms_sum = models.FloatField()
+    ttft_ms_sum = models.FloatField()
+    ttft_count = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["-start"]
+        indexes = [models.Index(fields=["workspace", "period", "start"], name="usage_total_time")]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.period} from {self.start:%Y-%m-%d %H:%M}: {self.requests} requests"

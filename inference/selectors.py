@@ -18,7 +18,7 @@ from django.utils import timezone
 from accounts.models import Membership
 from accounts.services import token_digest
 from deployments.models import Deployment, DeploymentAdapter
-from inference.models import InferenceKey, UsageRecord
+from inference.models import InferenceKey, UsageRecord, UsageTotal
 
 # Seconds a client is told to wait before asking a deployment that is not ready again
 # (RETRY_AFTER_DEFAULT for one that waits for a person: stopped or failed).
@@ -146,8 +146,10 @@ def _why_adapter_not_loaded(a: DeploymentAdapter) -> str:
 
 # Usage -----------------------------------------------------------------------
 
+# period -> (span, bucket, bucket seconds). A month is read from the daily totals (UsageTotal): raw records
+# are kept only PLUGBOARD_USAGE_RAW_DAYS, which must cover a week.
 PERIODS = {"hour": (timedelta(hours=1), TruncMinute, 60), "day": (timedelta(days=1), TruncHour, 3600),
-           "week": (timedelta(weeks=1), TruncHour, 3600)}  # fmt: skip
+           "week": (timedelta(weeks=1), TruncHour, 3600), "month": (timedelta(days=30), None, 86400)}  # fmt: skip
 GROUPS = {
     "deployment": Coalesce(F("deployment__name"), Value("(deleted deployment)")),
     # The model id asked for: the deployment's name for its base model, "<deployment>:<served name>" for an adapter.
@@ -161,11 +163,25 @@ GROUPS = {
 }
 
 
-def usage_summary(*, records: QuerySet[UsageRecord], period: str, by: str, now: datetime | None = None) -> dict:
-    """Usage of `records` over the last `period` ("hour", "day", "week"), per
-    `by` ("deployment", "adapter", "key"): totals per group and a series per
-    time bucket (minutes for an hour, hours otherwise). Two queries."""
+# The column of UsageTotal that holds each grouping's name.
+TOTAL_GROUPS = {"deployment": "deployment", "adapter": "model", "key": "caller"}
+
+
+def usage_summary(
+    *,
+    records: QuerySet[UsageRecord],
+    totals: QuerySet[UsageTotal],
+    period: str,
+    by: str,
+    now: datetime | None = None,
+) -> dict:
+    """Usage over the last `period` ("hour", "day", "week" from `records`; "month"
+    from the daily `totals`), per `by` ("deployment", "adapter", "key"): totals
+    per group and a series per time bucket (minutes for an hour, days for a
+    month, hours otherwise). Two queries."""
     span, trunc, bucket_seconds = PERIODS[period]
+    if trunc is None:
+        return _summary_from_totals(totals, period=period, by=by, now=now or timezone.now())
     since = (now or timezone.now()) - span
     recent = records.filter(created_at__gte=since).annotate(group=GROUPS[by])
     totals = (
@@ -197,6 +213,34 @@ def usage_summary(*, records: QuerySet[UsageRecord], period: str, by: str, now: 
         "series": [
             {"start": b["start"], "name": b["group"], "requests": b["requests"], "prompt_tokens": b["prompt"] or 0,
              "completion_tokens": b["completion"] or 0}
+            for b in series
+        ],
+    }  # fmt: skip
+
+
+def _summary_from_totals(totals: QuerySet[UsageTotal], *, period: str, by: str, now: datetime) -> dict:
+    span, _, bucket_seconds = PERIODS[period]
+    since = now.replace(hour=0, minute=0, second=0, microsecond=0) - span + timedelta(days=1)
+    days = totals.filter(period=UsageTotal.Period.DAY, start__gte=since).annotate(group=F(TOTAL_GROUPS[by]))
+    sums = {
+        "requests": Sum("requests"), "errors": Sum("errors"), "prompt": Sum("prompt_tokens"),
+        "completion": Sum("completion_tokens"), "duration": Sum("duration_ms_sum"), "ttft": Sum("ttft_ms_sum"),
+        "ttft_count": Sum("ttft_count"),
+    }  # fmt: skip
+    groups = days.values("group").annotate(**sums).order_by("-requests", "group")
+    series = days.values("start", "group").annotate(**sums).order_by("start", "group")
+    return {
+        "period": period, "by": by, "since": since, "bucket_seconds": bucket_seconds,
+        "groups": [
+            {"name": t["group"], "requests": t["requests"], "errors": t["errors"], "prompt_tokens": t["prompt"],
+             "completion_tokens": t["completion"],
+             "mean_ttft_ms": t["ttft"] / t["ttft_count"] if t["ttft_count"] else None,
+             "mean_duration_ms": t["duration"] / t["requests"] if t["requests"] else None}
+            for t in groups
+        ],
+        "series": [
+            {"start": b["start"], "name": b["group"], "requests": b["requests"], "prompt_tokens": b["prompt"],
+             "completion_tokens": b["completion"]}
             for b in series
         ],
     }  # fmt: skip

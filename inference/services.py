@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import F
-from django.db.models.functions import Greatest
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Greatest, TruncDay, TruncHour
 from django.utils import timezone
 
 from accounts.models import Workspace
 from accounts.services import token_digest
+from audit.services import audit_record
 from config import changes
 from config.errors import DomainError
 from deployments.models import Deployment
-from inference.models import InferenceKey, UsageRecord
+from inference import selectors
+from inference.models import InferenceKey, UsageRecord, UsageTotal
 
 KEY_PREFIX = "pbi_"
 
@@ -51,6 +54,11 @@ def inference_key_create(
         )  # fmt: skip
         if chosen is not None:
             key.deployments.set(chosen)
+        audit_record(
+            action="inference_key.create",
+            target=key,
+            detail={"deployments": "all" if chosen is None else sorted(d.name for d in chosen)},
+        )
     return key, raw
 
 
@@ -59,7 +67,9 @@ def inference_key_revoke(*, key: InferenceKey) -> InferenceKey:
     gateway process drops its cached copy once this commits)."""
     if key.revoked_at is not None:
         raise DomainError("This key is already revoked.")
-    InferenceKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+    with transaction.atomic():
+        InferenceKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+        audit_record(action="inference_key.revoke", target=key)
     changes.announce()
     key.refresh_from_db()
     return key
@@ -88,3 +98,95 @@ def usage_record_many(*, records: list[UsageRecord]) -> None:
         for key_id, when in last_used.items():
             InferenceKey.objects.filter(pk=key_id, last_used_at__isnull=True).update(last_used_at=when)
             InferenceKey.objects.filter(pk=key_id).update(last_used_at=Greatest(F("last_used_at"), when))
+
+
+ROLLUP_HOURS = 24  # each rollup recomputes this many hours: a request is recorded at its start, however long it ran
+
+
+def usage_rollup(*, now: datetime | None = None) -> int:
+    """Sums the raw usage of the last ROLLUP_HOURS hours into hourly totals and those into daily ones
+    (replacing what an earlier run wrote for them, so a run may repeat or overlap another), then deletes
+    raw records older than PLUGBOARD_USAGE_RAW_DAYS and hourly totals older than
+    PLUGBOARD_USAGE_HOURLY_DAYS. Returns how many raw records it deleted."""
+    now = now or timezone.now()
+    first = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=ROLLUP_HOURS - 1)
+    first_day = first.replace(hour=0)
+    hours = (
+        UsageRecord.objects.filter(created_at__gte=first)
+        .annotate(
+            start=TruncHour("created_at"),
+            group_deployment=selectors.GROUPS["deployment"],
+            group_caller=selectors.GROUPS["key"],
+        )
+        .values("start", "workspace_id", "group_deployment", "model", "group_caller")
+        .annotate(
+            n=Count("pk"),
+            n_errors=Count("pk", filter=Q(status__gte=400)),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            duration=Sum("duration_ms"),
+            ttft=Sum("ttft_ms"),
+            n_ttft=Count("ttft_ms"),
+        )
+    )
+    with transaction.atomic():
+        UsageTotal.objects.filter(period=UsageTotal.Period.HOUR, start__gte=first).delete()
+        UsageTotal.objects.bulk_create(
+            UsageTotal(
+                period=UsageTotal.Period.HOUR,
+                start=h["start"],
+                workspace_id=h["workspace_id"],
+                deployment=h["group_deployment"][:63],
+                model=h["model"],
+                caller=h["group_caller"][:200],
+                requests=h["n"],
+                errors=h["n_errors"],
+                prompt_tokens=h["prompt"] or 0,
+                completion_tokens=h["completion"] or 0,
+                duration_ms_sum=h["duration"] or 0.0,
+                ttft_ms_sum=h["ttft"] or 0.0,
+                ttft_count=h["n_ttft"],
+            )
+            for h in hours
+        )
+        days = (
+            UsageTotal.objects.filter(period=UsageTotal.Period.HOUR, start__gte=first_day)
+            .annotate(day=TruncDay("start"))
+            .values("day", "workspace_id", "deployment", "model", "caller")
+            .annotate(
+                n=Sum("requests"),
+                n_errors=Sum("errors"),
+                prompt=Sum("prompt_tokens"),
+                completion=Sum("completion_tokens"),
+                duration=Sum("duration_ms_sum"),
+                ttft=Sum("ttft_ms_sum"),
+                n_ttft=Sum("ttft_count"),
+            )
+        )
+        UsageTotal.objects.filter(period=UsageTotal.Period.DAY, start__gte=first_day).delete()
+        UsageTotal.objects.bulk_create(
+            UsageTotal(
+                period=UsageTotal.Period.DAY,
+                start=d["day"],
+                workspace_id=d["workspace_id"],
+                deployment=d["deployment"],
+                model=d["model"],
+                caller=d["caller"],
+                requests=d["n"],
+                errors=d["n_errors"],
+                prompt_tokens=d["prompt"],
+                completion_tokens=d["completion"],
+                duration_ms_sum=d["duration"],
+                ttft_ms_sum=d["ttft"],
+                ttft_count=d["n_ttft"],
+            )
+            for d in days
+        )
+    UsageTotal.objects.filter(
+        period=UsageTotal.Period.HOUR, start__lt=now - timedelta(days=settings.PLUGBOARD_USAGE_HOURLY_DAYS)
+    ).delete()
+    deleted = 0
+    expired = UsageRecord.objects.filter(created_at__lt=now - timedelta(days=settings.PLUGBOARD_USAGE_RAW_DAYS))
+    while batch := list(expired.values_list("pk", flat=True)[:5000]):  # in batches: no table-long lock
+        deleted += UsageRecord.objects.filter(pk__in=batch).delete()[0]
+    return deleted

@@ -17,7 +17,7 @@ from config.views import errors_on
 from deployments.models import Deployment, DeploymentAdapter
 from inference import selectors, services
 from inference.forms import InferenceKeyForm
-from inference.models import InferenceKey, UsageRecord
+from inference.models import InferenceKey, UsageRecord, UsageTotal
 
 
 def playground(request):
@@ -108,14 +108,15 @@ def usage(request):
     period = period if period in selectors.PERIODS else "day"
     by = by if by in selectors.GROUPS else "deployment"
     records = UsageRecord.objects.filter(workspace__memberships__user=request.user)
-    summary = selectors.usage_summary(records=records, period=period, by=by)
+    totals = UsageTotal.objects.filter(workspace__memberships__user=request.user)
+    summary = selectors.usage_summary(records=records, totals=totals, period=period, by=by)
     step = timedelta(seconds=summary["bucket_seconds"])
     start, end = charts.floor_to(summary["since"], step), charts.floor_to(timezone.now(), step) + step
     requests_by, tokens_by = defaultdict(dict), defaultdict(dict)
     for bucket in summary["series"]:
         requests_by[bucket["name"]][bucket["start"]] = bucket["requests"]
         tokens_by[bucket["name"]][bucket["start"]] = bucket["prompt_tokens"] + bucket["completion_tokens"]
-    label = "%H:%M" if period != "week" else "%a %H:%M"
+    label = {"week": "%a %H:%M", "month": "%b %d"}.get(period, "%H:%M")
     context = {
         "summary": summary, "period": period, "by": by,
         "periods": list(selectors.PERIODS), "groupings": list(selectors.GROUPS),

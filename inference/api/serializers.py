@@ -32,8 +32,8 @@ class InferenceKeyCreateSerializer(serializers.Serializer):
         help_text="The workspace's slug; needed only when you may write in several.",
     )  # fmt: skip
     name = serializers.CharField(max_length=100)
-    deployments = serializers.PrimaryKeyRelatedField(
-        queryset=Deployment.objects.all(), many=True, required=False,
+    deployments = serializers.ListField(
+        child=serializers.PrimaryKeyRelatedField(queryset=Deployment.objects.all()), max_length=1000, required=False,
         help_text="Deployment ids the key may use; leave out for every deployment of the workspace, now and later.",
     )  # fmt: skip
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
@@ -80,7 +80,7 @@ class UsageBucketSerializer(serializers.Serializer):
 
 
 class UsageSummarySerializer(serializers.Serializer):
-    period = serializers.ChoiceField(choices=["hour", "day", "week"])
+    period = serializers.ChoiceField(choices=["hour", "day", "week", "month"])
     by = serializers.ChoiceField(choices=["deployment", "model", "key"])
     since = serializers.DateTimeField()
     bucket_seconds = serializers.IntegerField()

@@ -19,7 +19,7 @@ from inference.api.serializers import (
     UsageRecordSerializer,
     UsageSummarySerializer,
 )
-from inference.models import InferenceKey, UsageRecord
+from inference.models import InferenceKey, UsageRecord, UsageTotal
 
 WRITERS = [Role.OWNER, Role.EDITOR]
 
@@ -97,7 +97,9 @@ class UsageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         if by not in selectors.GROUPS:
             raise ValidationError({"by": f"Use one of {', '.join(selectors.GROUPS)}."})
         records = self.get_queryset()
+        totals = UsageTotal.objects.filter(workspace__memberships__user=request.user)
         if workspace := request.query_params.get("workspace"):
             records = records.filter(workspace__slug=workspace)
-        summary = selectors.usage_summary(records=records, period=period, by=by)
+            totals = totals.filter(workspace__slug=workspace)
+        summary = selectors.usage_summary(records=records, totals=totals, period=period, by=by)
         return Response(UsageSummarySerializer(summary).data)
