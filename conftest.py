@@ -3,6 +3,8 @@ S3 and hub servers on loopback, a Celery worker, and the permission cast."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -88,6 +90,20 @@ def cast(db):
     c = Cast()
     c.admin, c.member, c.viewer, c.outsider, c.team, c.other = admin, member, viewer, outsider, team, other
     return c
+
+
+@pytest.fixture
+def no_stray_servers():
+    """Kills, after the test, every model server a deployment row still names: a failed real-vLLM test
+    must not leave a server holding memory and a port for the next."""
+    yield
+    from deployments.models import Deployment
+
+    for pid in Deployment.objects.exclude(pid=None).values_list("pid", flat=True):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture

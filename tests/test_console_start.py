@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,16 @@ def kill_servers_under(var: Path) -> None:
                 os.killpg(int(proc.name), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def wait_in_page(page, expression: str, *, timeout: float = 15) -> None:
+    """Waits until `expression` is true in the page. Playwright's wait_for_function evaluates its predicate
+    with eval inside the page, which the console's Content-Security-Policy (no unsafe-eval) refuses;
+    page.evaluate is not subject to it."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"{expression} was still false after {timeout} s"
+        page.wait_for_timeout(200)
 
 
 @pytest.fixture(scope="module")
@@ -243,16 +254,15 @@ def test_the_wizard_deploys_the_demo_model_with_adapters_and_the_page_shows_it_r
         page.locator(f'#live [data-adapter="{adapter}"][data-state="loaded"]').wait_for(timeout=120_000)
     # Two live refreshes later every adapter still has its Detach button, and no server was started again.
     page.evaluate("window.swaps = 0; document.body.addEventListener('htmx:afterRequest', () => window.swaps++)")
-    page.wait_for_function("window.swaps >= 4", timeout=15_000)  # the adapters' section and the log, twice each
+    wait_in_page(page, "window.swaps >= 4")  # the adapters' section and the log, twice each
     assert page.locator("#live [data-adapter] button", has_text="Detach").count() == 4
     assert page.locator("#live li", has_text="Started the server").count() == starts, "attaching restarted nothing"
 
     # The log opens at its newest line and leaves out the console's own health checks until asked for them.
     lines = page.locator("#log-lines")
     lines.wait_for(timeout=15_000)
-    page.wait_for_function(
-        "(el => el.scrollTop + el.clientHeight >= el.scrollHeight - 2)(document.getElementById('log-lines'))",
-        timeout=15_000,
+    wait_in_page(
+        page, "(el => el.scrollTop + el.clientHeight >= el.scrollHeight - 2)(document.getElementById('log-lines'))"
     )
     assert "GET /health" not in lines.inner_text() and "health check" in page.locator("#log-summary").inner_text()
     page.check("#log-health-checks")

@@ -5,18 +5,23 @@ small OpenAI-compatible upstream (tests/support/openai_upstream.py)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from django.utils import timezone
 
+from cluster.cache import ArtifactCache
+from cluster.models import CachedArtifact
 from config import changes
 from config.vault import seal
 from conftest import DEMO_STORE
 from deployments import services as deployment_services
 from deployments.models import Deployment, DeploymentAdapter
+from deployments.supervisor import Supervisor, process_alive
 from registry import services as registry_services
 from registry.demo import DEMO_BASE, demo_register
 from registry.tests.helpers import register_and_inspect
 from tests.support import artifacts as build
+from tests.support.agents import wait_for
 from tests.support.web import UvicornServer
 
 GiB = 1 << 30
@@ -64,3 +69,25 @@ def serve_from(deployment, upstream: UvicornServer, *, status: str = "ready") ->
         encrypted_api_key=seal({"api_key": UPSTREAM_KEY}), ready_at=timezone.now(),
     )  # fmt: skip
     changes.announce()
+
+
+def stand_in_runtime(tmp_path: Path, settings, script: str) -> Path:
+    """Makes the shell `script` the vLLM runtime's python, so that a launch starts it instead of vLLM; returns
+    the folder a supervisor of this test keeps its servers' runs in."""
+    python = tmp_path / "stand-in-python"
+    python.write_text(script)
+    python.chmod(0o755)
+    settings.PLUGBOARD_VLLM_PYTHON = python
+    return tmp_path / "cache-server-logs"
+
+
+def launch_and_wait(root: Path, deployment: Deployment) -> Deployment:
+    """Launches the deployment's server as the node agent does (its base cached) and returns the deployment
+    once the stand-in server has exited (at once, when the launch was refused)."""
+    d = Deployment.objects.select_related("base", "node").get(pk=deployment.pk)
+    entries = {d.base_id: CachedArtifact(artifact_id=d.base_id, revision="r1")}
+    Supervisor("cpu-1", ArtifactCache(root.parent / "cache"), root).launch(d, entries)
+    d = Deployment.objects.get(pk=deployment.pk)
+    if d.pid:
+        wait_for(lambda: not process_alive(d.pid), timeout=10, what="the stand-in server to exit")
+    return d

@@ -58,7 +58,7 @@ def gpu_node(tmp_path, name: str = "gpu-1", *, gpus: int = 1) -> Node:
 
 def api_as(user) -> APIClient:
     """A client that authenticates the way scripts do: with a personal token."""
-    _, raw = api_token_create(user=user, name="tests")
+    _, raw = api_token_create(user=user, name="tests", scope="admin")  # all its owner may do
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     return client
