@@ -14,15 +14,19 @@ twice as long as the one before (up to `PLUGBOARD_SIGNIN_MAX_LOCK_SECONDS`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 import weakref
 from dataclasses import dataclass
 
+import redis
 import redis.asyncio
 from django.conf import settings
 
 from config import redis_client
+
+log = logging.getLogger(__name__)
 
 PREFIX = "plugboard:rl:"
 # A failure is forgotten this long after the last one, so a typo a week ago does not count today.
@@ -49,16 +53,26 @@ def _window_key(limit: Limit, identity: str, now: float) -> tuple[str, int]:
     return f"{PREFIX}{limit.name}:{identity}:{window_index}", max(left, 1)
 
 
+def _uncounted(limit: Limit, exc: Exception) -> None:
+    """A limit that cannot count lets the request through (and says so in the log): refusing everyone, or
+    answering 500, while Redis is away would turn a broker outage into a console outage."""
+    log.warning("rate limit %s not counted: Redis did not answer (%s)", limit.name, type(exc).__name__)
+
+
 def hit(limit: Limit, identity: str) -> int | None:
     """Counts one request of `identity` against `limit`; returns None when it
-    is within the limit, else the seconds until the window ends (Retry-After)."""
+    is within the limit (or cannot be counted), else the seconds until the window ends (Retry-After)."""
     if not limit.count:
         return None
     key, left = _window_key(limit, identity, time.time())
     pipe = redis_client.client().pipeline(transaction=False)
     pipe.incr(key)
     pipe.expire(key, left + 1)
-    count, _ = pipe.execute()
+    try:
+        count, _ = pipe.execute()
+    except redis.RedisError as exc:
+        _uncounted(limit, exc)
+        return None
     return left if count > limit.count else None
 
 
@@ -84,7 +98,11 @@ async def ahit(limit: Limit, identity: str) -> int | None:
     pipe = _aclient().pipeline(transaction=False)
     pipe.incr(key)
     pipe.expire(key, left + 1)
-    count, _ = await pipe.execute()
+    try:
+        count, _ = await pipe.execute()
+    except redis.RedisError as exc:
+        _uncounted(limit, exc)
+        return None
     return left if count > limit.count else None
 
 

@@ -251,6 +251,8 @@ PLUGBOARD_MAX_ARTIFACT_FILES = env.int("PLUGBOARD_MAX_ARTIFACT_FILES", default=1
 # hourly totals this many; daily totals stay (inference.services.usage_rollup).
 PLUGBOARD_USAGE_RAW_DAYS = max(8, env.int("PLUGBOARD_USAGE_RAW_DAYS", default=8))
 PLUGBOARD_USAGE_HOURLY_DAYS = env.int("PLUGBOARD_USAGE_HOURLY_DAYS", default=90)
+# Events kept per deployment (its timeline); older ones are dropped as new ones come.
+PLUGBOARD_EVENTS_KEPT = env.int("PLUGBOARD_EVENTS_KEPT", default=1000)
 # Seconds an outside call (S3, the hub) may take before inspection gives up with a message.
 PLUGBOARD_SOURCE_TIMEOUT = env.float("PLUGBOARD_SOURCE_TIMEOUT", default=20.0)
 

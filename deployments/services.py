@@ -27,7 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def event_record(*, deployment: Deployment, message: str, status: str = "") -> DeploymentEvent:
-    return DeploymentEvent.objects.create(deployment=deployment, status=status, message=message)
+    """Adds an event to the deployment's timeline, and drops its oldest beyond PLUGBOARD_EVENTS_KEPT: a
+    server that crash-loops all night must not grow the table without end."""
+    event = DeploymentEvent.objects.create(deployment=deployment, status=status, message=message)
+    keep = django_settings.PLUGBOARD_EVENTS_KEPT
+    newest_first = DeploymentEvent.objects.filter(deployment=deployment).order_by("-pk")
+    if dropped := list(newest_first.values_list("pk", flat=True)[keep : keep + 1]):
+        DeploymentEvent.objects.filter(deployment=deployment, pk__lte=dropped[0]).delete()
+    return event
 
 
 def revision_record(*, deployment: Deployment, user=None, restores: int | None = None) -> DeploymentRevision:

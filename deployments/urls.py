@@ -13,6 +13,7 @@ urlpatterns = [
     path("deployments/<int:pk>/duplicate/", views.deploy_wizard_duplicate, name="duplicate"),
     path("deployments/new/<str:step>/", views.deploy_wizard, name="wizard"),
     path("deployments/<int:pk>/", views.deployment_detail, name="detail"),
+    path("deployments/<int:pk>/events/", views.deployment_events, name="events"),
     path("deployments/<int:pk>/log/", views.deployment_log, name="log"),
     path("deployments/<int:pk>/log/download/", views.deployment_log_download, name="log_download"),
     path("deployments/<int:pk>/edit/", views.deployment_edit, name="edit"),

@@ -7,6 +7,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.contrib import messages
 from django.core.handlers.asgi import ASGIRequest
+from django.core.paginator import Paginator
 from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -19,7 +20,7 @@ from config.errors import DomainError
 from config.views import confirm_delete, errors_on
 from deployments import logs, revisions, selectors, server_metrics, services, wizard
 from deployments.forms import DeploymentEditForm
-from deployments.models import Deployment
+from deployments.models import TIMELINE_EVENTS, Deployment
 from registry.models import Artifact, Compatibility
 
 
@@ -295,6 +296,17 @@ def deploy_wizard(request, step: str):
         except DomainError as exc:
             context["error"] = exc.message
     return render(request, "deployments/wizard.html", context)
+
+
+def deployment_events(request, pk):
+    """The deployment's whole timeline (the newest PLUGBOARD_EVENTS_KEPT), newest first, a page at a time:
+    the deployment page shows only the latest."""
+    deployment = _deployment_for(request, pk)
+    page = Paginator(deployment.events.order_by("-created_at", "-pk"), TIMELINE_EVENTS).get_page(
+        request.GET.get("page")
+    )
+    context = {"deployment": deployment, "page": page, "kept": django_settings.PLUGBOARD_EVENTS_KEPT}
+    return render(request, "deployments/events.html", context)
 
 
 def deployment_log(request, pk):

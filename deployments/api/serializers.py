@@ -72,7 +72,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
 
 class DeploymentDetailSerializer(DeploymentSerializer):
-    events = DeploymentEventSerializer(many=True, read_only=True)
+    events = DeploymentEventSerializer(
+        source="latest_events", many=True, read_only=True,
+        help_text="The newest events, newest first, as many as the page shows; `events/` pages through all.",
+    )  # fmt: skip
     log_tail = serializers.CharField(read_only=True)
 
     class Meta(DeploymentSerializer.Meta):

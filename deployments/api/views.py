@@ -15,6 +15,7 @@ from deployments.api.serializers import (
     AdapterChoiceSerializer,
     DeploymentCreateSerializer,
     DeploymentDetailSerializer,
+    DeploymentEventSerializer,
     DeploymentRevisionSerializer,
     DeploymentSerializer,
     DeploymentUpdateSerializer,
@@ -96,6 +97,14 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
             deployment.revisions.select_related("node", "created_by"), current=deployment.revision
         )
         return Response(DeploymentRevisionSerializer(history, many=True).data)
+
+    @extend_schema(responses={200: DeploymentEventSerializer(many=True)})
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def events(self, request, pk=None):
+        """The deployment's timeline, newest first, a page at a time (the newest PLUGBOARD_EVENTS_KEPT are kept)."""
+        deployment = get_for(request.user, Deployment.objects.all(), pk)
+        page = self.paginate_queryset(deployment.events.order_by("-created_at", "-pk"))
+        return self.get_paginated_response(DeploymentEventSerializer(page, many=True).data)
 
     @extend_schema(request=RollbackSerializer, responses={202: DeploymentSerializer})
     @action(detail=True, methods=["post"])

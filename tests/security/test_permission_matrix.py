@@ -214,6 +214,7 @@ ROWS: dict[str, Row] = {
     "deployments:wizard": page({"step": "step"}, GET=page_any(), POST=page_any(200)),
     "deployments:duplicate": page(PK, GET=page_read(302)),  # a copy in one's own wizard; deploying checks again
     "deployments:detail": page(PK, GET=page_read()),
+    "deployments:events": page(PK, GET=page_read()),
     "deployments:log": page(PK, GET=page_read()),
     "deployments:log_download": page(PK, GET=page_read()),
     "deployments:edit": page(PK, GET=page_write(200), POST=page_write(200)),
@@ -374,6 +375,7 @@ ROWS: dict[str, Row] = {
         PK, POST=api_write(400), body={"POST": lambda a: {"adapter": a.value("adapter"), "served_name": "again"}}
     ),
     "deployment-detach": api({"pk": "deployment", "served_name": "served_name"}, POST=api_write(202)),
+    "deployment-events": api(PK, GET=api_read()),
     "deployment-log": api(PK, GET=api_read()),
     "inference-key-list": api(
         GET=api_any(),

@@ -184,3 +184,19 @@ def test_the_gateway_is_limited_per_key_then_per_address(limited_console, cast):
     assert answers[0] == 401 and answers[-1] == 429
     refused = gateway_models(limited_console, other)
     assert refused.status_code == 429 and "from this address" in refused.json()["error"]["message"]
+
+
+def test_limits_that_cannot_count_let_requests_through_rather_than_fail_them(cast, limits, monkeypatch):
+    """With Redis gone the API still answers (the limit is not counted, and the log says so), never 500."""
+    import redis
+
+    from config import redis_client
+    from tests.support.s3_server import free_port
+
+    limits(api_address=1, api_caller=1)
+    monkeypatch.setattr(redis_client, "_client", redis.Redis(port=free_port(), socket_connect_timeout=1))
+    api = APIClient(REMOTE_ADDR=fresh_address())
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {api_token_create(user=cast.member, name='t')[1]}")
+
+    assert [api.get("/api/v1/workspaces/").status_code for _ in range(3)] == [200, 200, 200]
+    assert ratelimit.hit(ratelimit.limit("api.address"), "10.0.0.1") is None
