@@ -97,6 +97,8 @@ class Deployment(SealedEnvironment):
     encrypted_api_key = models.BinaryField(default=b"", editable=False)
     port = models.IntegerField(null=True, blank=True)
     pid = models.IntegerField(null=True, blank=True)
+    # "<boot id>:<start time>" of `pid` (deployments/processes.py): a pid alone may name another process.
+    process_identity = models.CharField(max_length=80, blank=True)
     command = models.TextField(blank=True, help_text="The command line, secrets masked.")
     log_path = models.CharField(max_length=500, blank=True)
     log_tail = models.TextField(blank=True)

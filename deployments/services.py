@@ -103,16 +103,23 @@ def deployment_mark_fetching(*, deployment: Deployment, reason: str) -> Deployme
 
 
 def deployment_mark_started(
-    *, deployment: Deployment, pid: int, port: int, command: str, log_path: str, node: Node
+    *, deployment: Deployment, pid: int, process_identity: str, port: int, command: str, log_path: str, node: Node
 ) -> Deployment:
     """The node launched the server; it is starting (or still restarting, if it was)."""
     restarting = deployment.status == lifecycle.RESTARTING
     return _move(
         deployment=deployment, to=None if restarting else lifecycle.STARTING,
-        reason=f"Started the server (pid {pid}) on port {port}.", pid=pid, port=port, started_at=timezone.now(),
-        command=command, log_path=log_path, next_start_at=None, launched_revision=deployment.revision,
-        launched_node=node,
+        reason=f"Started the server (pid {pid}) on port {port}.", pid=pid, process_identity=process_identity,
+        port=port, started_at=timezone.now(), command=command, log_path=log_path, next_start_at=None,
+        launched_revision=deployment.revision, launched_node=node,
     )  # fmt: skip
+
+
+def deployment_forget_process(*, deployment: Deployment, reason: str) -> Deployment:
+    """Forgets a server whose pid now names another process (the node restarted, or the number was
+    reused): that process is never adopted or signalled. The supervisor starts a new server if one
+    should run."""
+    return _move(deployment=deployment, to=None, reason=reason, always_noted=True, pid=None, process_identity="")
 
 
 def deployment_mark_ready(*, deployment: Deployment, reason: str, log_tail: str | None = None) -> Deployment:

@@ -27,7 +27,7 @@ from cluster import services as cluster_services
 from cluster.cache import ArtifactCache
 from cluster.models import CachedArtifact, Node
 from config.errors import DomainError
-from deployments import logs, server_metrics, services, vllm_args, vllm_metrics
+from deployments import logs, processes, server_metrics, services, vllm_args, vllm_metrics
 from deployments.lifecycle import IllegalTransition
 from deployments.models import Deployment, DeploymentAdapter
 from deployments.vllm_client import ServerError, VllmClient
@@ -236,6 +236,12 @@ class Supervisor:
         )
 
     def reconcile(self, d: Deployment, *, here: Node) -> None:
+        if d.pid and d.launched_node_id == here.pk and not processes.is_ours(d.pid, d.process_identity):
+            d = services.deployment_forget_process(
+                deployment=d,
+                reason=f"The server's process is gone: pid {d.pid} now belongs to another process (did the node "
+                "restart?). That process is left alone.",
+            )
         if d.node_id != here.pk:
             # It moved to another node: stop its server here, then that node starts it.
             if group_alive(d.pid):
@@ -419,6 +425,7 @@ class Supervisor:
         services.deployment_mark_started(
             deployment=d,
             pid=process.pid,
+            process_identity=processes.identity(process.pid) or "",
             port=port,
             command=vllm_args.display(argv),
             log_path=str(log_path),

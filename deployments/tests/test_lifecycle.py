@@ -68,14 +68,18 @@ def test_a_move_is_judged_by_the_status_in_the_database_not_a_stale_copy(deploym
 def test_the_named_moves_land_where_they_say(deployment):
     d = services.deployment_mark_fetching(deployment=at(deployment, "pending"), reason="Fetching.")
     assert d.status == "fetching"
-    d = services.deployment_mark_started(deployment=d, pid=1, port=2, command="vllm", log_path="/l", node=d.node)
+    d = services.deployment_mark_started(
+        deployment=d, pid=1, process_identity="", port=2, command="vllm", log_path="/l", node=d.node
+    )
     assert (d.status, d.pid, d.port, d.launched_revision, d.launched_node) == ("starting", 1, 2, 1, d.node)
     d = services.deployment_mark_ready(deployment=d, reason="Up.", log_tail="ok")
     assert (d.status, d.log_tail, d.failures) == ("ready", "ok", 0) and d.ready_at is not None
     d = services.deployment_mark_degraded(deployment=d, reason="Down.")
     d = services.deployment_mark_restarting(deployment=d, reason="Crashed.", pid=None, failures=1)
     assert (d.status, d.pid, d.failures) == ("restarting", None, 1)
-    d = services.deployment_mark_started(deployment=d, pid=3, port=4, command="vllm", log_path="/l", node=d.node)
+    d = services.deployment_mark_started(
+        deployment=d, pid=3, process_identity="", port=4, command="vllm", log_path="/l", node=d.node
+    )
     assert (d.status, d.pid) == ("restarting", 3), "a restart stays restarting until the server answers"
     d = services.deployment_mark_failed(deployment=d, reason="Crash loop.", pid=None, port=None)
     d = services.deployment_mark_stopped(deployment=d)
