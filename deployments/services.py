@@ -123,8 +123,9 @@ def deployment_forget_process(*, deployment: Deployment, reason: str) -> Deploym
 
 
 def deployment_mark_ready(*, deployment: Deployment, reason: str, log_tail: str | None = None) -> Deployment:
-    """The server answers its health check (after a start, or again)."""
-    fields = {"failures": 0, "ready_at": timezone.now()} if deployment.status != lifecycle.DEGRADED else {}
+    """The server answers its health check (after a start, or again). Its count of crashes stays: the
+    supervisor forgets them only once a server has stayed up (supervisor.CRASH_WINDOW)."""
+    fields = {"ready_at": timezone.now()} if deployment.status != lifecycle.DEGRADED else {}
     if log_tail is not None:
         fields["log_tail"] = log_tail
     return _move(deployment=deployment, to=lifecycle.READY, reason=reason, **fields)

@@ -35,6 +35,9 @@ from deployments.vllm_client import ServerError, VllmClient
 log = logging.getLogger(__name__)
 
 MAX_FAILURES = 5  # crashes in a row before a deployment is marked failed
+# Crashes count "in a row" until a server has stayed up this long: one that dies every time after its health
+# check must end failed, not restart forever.
+CRASH_WINDOW = timedelta(minutes=10)
 START_TIMEOUT = timedelta(minutes=10)
 LOG_TAIL_LINES = 40
 STOP_GRACE_SECONDS = 20
@@ -365,7 +368,12 @@ class Supervisor:
     def crashed(self, d: Deployment, reason: str) -> None:
         if group_alive(d.pid):
             self.kill(d.pid)  # what is left of it (vLLM's engine) must not hold memory into the restart
-        failures = d.failures + 1
+        stayed_up = (
+            d.ready_at is not None
+            and d.status in (S.READY, S.DEGRADED)
+            and (timezone.now() - d.ready_at >= CRASH_WINDOW)
+        )
+        failures = 1 if stayed_up else d.failures + 1
         last_lines = tail(d.log_path)
         cause = last_error(last_lines)
         if cause:
