@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 from django.conf import settings
 from django.contrib import auth
-from django.db.models import Avg, Count, F, Q, QuerySet, Sum, Value
-from django.db.models.functions import Coalesce, Concat, TruncHour, TruncMinute
+from django.db.models import Avg, Count, ExpressionWrapper, F, FloatField, Q, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce, Concat, NullIf, TruncHour, TruncMinute
 from django.utils import timezone
 
 from accounts.models import Membership
@@ -165,6 +165,20 @@ GROUPS = {
 
 # The column of UsageTotal that holds each grouping's name.
 TOTAL_GROUPS = {"deployment": "deployment", "adapter": "model", "key": "caller"}
+# What a group (or a time bucket) of raw usage records sums to; usage_rollup stores the same sums.
+RECORD_SUMS = {
+    "n": Count("pk"),
+    "n_errors": Count("pk", filter=Q(status__gte=400)),
+    "prompt": Sum("prompt_tokens"),
+    "completion": Sum("completion_tokens"),
+}
+# The same, from UsageTotal rows (whose own columns are named "requests" and so on).
+TOTAL_SUMS = {
+    "n": Sum("requests"),
+    "n_errors": Sum("errors"),
+    "prompt": Sum("prompt_tokens"),
+    "completion": Sum("completion_tokens"),
+}
 
 
 def usage_summary(
@@ -180,67 +194,39 @@ def usage_summary(
     per group and a series per time bucket (minutes for an hour, days for a
     month, hours otherwise). Two queries."""
     span, trunc, bucket_seconds = PERIODS[period]
+    now = now or timezone.now()
     if trunc is None:
-        return _summary_from_totals(totals, period=period, by=by, now=now or timezone.now())
-    since = (now or timezone.now()) - span
-    recent = records.filter(created_at__gte=since).annotate(group=GROUPS[by])
-    totals = (
-        recent.values("group")
-        .annotate(
-            requests=Count("pk"),
-            errors=Count("pk", filter=Q(status__gte=400)),
-            prompt=Sum("prompt_tokens"),
-            completion=Sum("completion_tokens"),
-            mean_ttft_ms=Avg("ttft_ms"),
-            mean_duration_ms=Avg("duration_ms"),
+        since = now.replace(hour=0, minute=0, second=0, microsecond=0) - span + timedelta(days=1)
+        days = totals.filter(period=UsageTotal.Period.DAY, start__gte=since).annotate(group=F(TOTAL_GROUPS[by]))
+        means = {
+            "mean_ttft": _ratio(Sum("ttft_ms_sum"), Sum("ttft_count")),
+            "mean_duration": _ratio(Sum("duration_ms_sum"), Sum("requests")),
+        }
+        groups = days.values("group").annotate(**TOTAL_SUMS, **means)
+        series = days.values("start", "group").annotate(**TOTAL_SUMS)
+    else:
+        since = now - span
+        recent = records.filter(created_at__gte=since).annotate(group=GROUPS[by])
+        groups = recent.values("group").annotate(
+            **RECORD_SUMS, mean_ttft=Avg("ttft_ms"), mean_duration=Avg("duration_ms")
         )
-        .order_by("-requests", "group")
-    )
-    series = (
-        recent.annotate(start=trunc("created_at"))
-        .values("start", "group")
-        .annotate(requests=Count("pk"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
-        .order_by("start", "group")
-    )
+        series = recent.annotate(start=trunc("created_at")).values("start", "group").annotate(**RECORD_SUMS)
     return {
         "period": period, "by": by, "since": since, "bucket_seconds": bucket_seconds,
         "groups": [
-            {"name": t["group"], "requests": t["requests"], "errors": t["errors"], "prompt_tokens": t["prompt"] or 0,
-             "completion_tokens": t["completion"] or 0, "mean_ttft_ms": t["mean_ttft_ms"],
-             "mean_duration_ms": t["mean_duration_ms"]}
-            for t in totals
+            {"name": t["group"], "requests": t["n"], "errors": t["n_errors"], "prompt_tokens": t["prompt"] or 0,
+             "completion_tokens": t["completion"] or 0, "mean_ttft_ms": t["mean_ttft"],
+             "mean_duration_ms": t["mean_duration"]}
+            for t in groups.order_by("-n", "group")
         ],
         "series": [
-            {"start": b["start"], "name": b["group"], "requests": b["requests"], "prompt_tokens": b["prompt"] or 0,
+            {"start": b["start"], "name": b["group"], "requests": b["n"], "prompt_tokens": b["prompt"] or 0,
              "completion_tokens": b["completion"] or 0}
-            for b in series
+            for b in series.order_by("start", "group")
         ],
     }  # fmt: skip
 
 
-def _summary_from_totals(totals: QuerySet[UsageTotal], *, period: str, by: str, now: datetime) -> dict:
-    span, _, bucket_seconds = PERIODS[period]
-    since = now.replace(hour=0, minute=0, second=0, microsecond=0) - span + timedelta(days=1)
-    days = totals.filter(period=UsageTotal.Period.DAY, start__gte=since).annotate(group=F(TOTAL_GROUPS[by]))
-    sums = {
-        "requests": Sum("requests"), "errors": Sum("errors"), "prompt": Sum("prompt_tokens"),
-        "completion": Sum("completion_tokens"), "duration": Sum("duration_ms_sum"), "ttft": Sum("ttft_ms_sum"),
-        "ttft_count": Sum("ttft_count"),
-    }  # fmt: skip
-    groups = days.values("group").annotate(**sums).order_by("-requests", "group")
-    series = days.values("start", "group").annotate(**sums).order_by("start", "group")
-    return {
-        "period": period, "by": by, "since": since, "bucket_seconds": bucket_seconds,
-        "groups": [
-            {"name": t["group"], "requests": t["requests"], "errors": t["errors"], "prompt_tokens": t["prompt"],
-             "completion_tokens": t["completion"],
-             "mean_ttft_ms": t["ttft"] / t["ttft_count"] if t["ttft_count"] else None,
-             "mean_duration_ms": t["duration"] / t["requests"] if t["requests"] else None}
-            for t in groups
-        ],
-        "series": [
-            {"start": b["start"], "name": b["group"], "requests": b["requests"], "prompt_tokens": b["prompt"],
-             "completion_tokens": b["completion"]}
-            for b in series
-        ],
-    }  # fmt: skip
+def _ratio(numerator, denominator):
+    """numerator / denominator in the database, None where the denominator is 0."""
+    return ExpressionWrapper(numerator / NullIf(denominator, 0), output_field=FloatField())

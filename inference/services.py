@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, Sum
 from django.db.models.functions import Greatest, TruncDay, TruncHour
 from django.utils import timezone
 
@@ -119,33 +119,13 @@ def usage_rollup(*, now: datetime | None = None) -> int:
             group_caller=selectors.GROUPS["key"],
         )
         .values("start", "workspace_id", "group_deployment", "model", "group_caller")
-        .annotate(
-            n=Count("pk"),
-            n_errors=Count("pk", filter=Q(status__gte=400)),
-            prompt=Sum("prompt_tokens"),
-            completion=Sum("completion_tokens"),
-            duration=Sum("duration_ms"),
-            ttft=Sum("ttft_ms"),
-            n_ttft=Count("ttft_ms"),
-        )
+        .annotate(**selectors.RECORD_SUMS, duration=Sum("duration_ms"), ttft=Sum("ttft_ms"), n_ttft=Count("ttft_ms"))
     )
     with transaction.atomic():
         UsageTotal.objects.filter(period=UsageTotal.Period.HOUR, start__gte=first).delete()
         UsageTotal.objects.bulk_create(
-            UsageTotal(
-                period=UsageTotal.Period.HOUR,
-                start=h["start"],
-                workspace_id=h["workspace_id"],
-                deployment=h["group_deployment"][:63],
-                model=h["model"],
-                caller=h["group_caller"][:200],
-                requests=h["n"],
-                errors=h["n_errors"],
-                prompt_tokens=h["prompt"] or 0,
-                completion_tokens=h["completion"] or 0,
-                duration_ms_sum=h["duration"] or 0.0,
-                ttft_ms_sum=h["ttft"] or 0.0,
-                ttft_count=h["n_ttft"],
+            _usage_total(
+                UsageTotal.Period.HOUR, h, start=h["start"], deployment=h["group_deployment"], caller=h["group_caller"]
             )
             for h in hours
         )
@@ -154,10 +134,7 @@ def usage_rollup(*, now: datetime | None = None) -> int:
             .annotate(day=TruncDay("start"))
             .values("day", "workspace_id", "deployment", "model", "caller")
             .annotate(
-                n=Sum("requests"),
-                n_errors=Sum("errors"),
-                prompt=Sum("prompt_tokens"),
-                completion=Sum("completion_tokens"),
+                **selectors.TOTAL_SUMS,
                 duration=Sum("duration_ms_sum"),
                 ttft=Sum("ttft_ms_sum"),
                 n_ttft=Sum("ttft_count"),
@@ -165,21 +142,7 @@ def usage_rollup(*, now: datetime | None = None) -> int:
         )
         UsageTotal.objects.filter(period=UsageTotal.Period.DAY, start__gte=first_day).delete()
         UsageTotal.objects.bulk_create(
-            UsageTotal(
-                period=UsageTotal.Period.DAY,
-                start=d["day"],
-                workspace_id=d["workspace_id"],
-                deployment=d["deployment"],
-                model=d["model"],
-                caller=d["caller"],
-                requests=d["n"],
-                errors=d["n_errors"],
-                prompt_tokens=d["prompt"],
-                completion_tokens=d["completion"],
-                duration_ms_sum=d["duration"],
-                ttft_ms_sum=d["ttft"],
-                ttft_count=d["n_ttft"],
-            )
+            _usage_total(UsageTotal.Period.DAY, d, start=d["day"], deployment=d["deployment"], caller=d["caller"])
             for d in days
         )
     UsageTotal.objects.filter(
@@ -190,3 +153,22 @@ def usage_rollup(*, now: datetime | None = None) -> int:
     while batch := list(expired.values_list("pk", flat=True)[:5000]):  # in batches: no table-long lock
         deleted += UsageRecord.objects.filter(pk__in=batch).delete()[0]
     return deleted
+
+
+def _usage_total(period: str, row: dict, *, start, deployment: str, caller: str) -> UsageTotal:
+    """A UsageTotal from a row of sums (selectors.RECORD_SUMS or TOTAL_SUMS, with duration, ttft and n_ttft)."""
+    return UsageTotal(
+        period=period,
+        start=start,
+        workspace_id=row["workspace_id"],
+        deployment=deployment[:63],
+        model=row["model"],
+        caller=caller[:200],
+        requests=row["n"],
+        errors=row["n_errors"],
+        prompt_tokens=row["prompt"] or 0,
+        completion_tokens=row["completion"] or 0,
+        duration_ms_sum=row["duration"] or 0.0,
+        ttft_ms_sum=row["ttft"] or 0.0,
+        ttft_count=row["n_ttft"],
+    )
