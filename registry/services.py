@@ -99,8 +99,9 @@ def connection_create(
         setattr(connection, key, value)
     allowed = SECRET_FIELDS[kind]
     connection.encrypted_secrets = seal({k: v for k, v in (secrets or {}).items() if k in allowed})
-    _save_connection(connection)
-    audit_record(action="connection.create", target=connection, detail={"kind": kind})
+    with transaction.atomic():
+        _save_connection(connection)
+        audit_record(action="connection.create", target=connection, detail={"kind": kind})
     log.info("connection %s created in workspace %s", connection.pk, workspace.pk)
     return connection
 
@@ -146,12 +147,13 @@ def connection_update(
     given = {k: v for k, v in (secrets or {}).items() if v and k in SECRET_FIELDS[connection.kind]}
     current.update(given)
     connection.encrypted_secrets = seal(current)
-    _save_connection(connection)
-    audit_record(
-        action="connection.update",
-        target=connection,
-        detail={"fields": changed, "secrets_set": sorted(given), **detail},
-    )
+    with transaction.atomic():
+        _save_connection(connection)
+        audit_record(
+            action="connection.update",
+            target=connection,
+            detail={"fields": changed, "secrets_set": sorted(given), **detail},
+        )
     return connection
 
 
@@ -227,7 +229,6 @@ def artifact_register(
 def artifact_update(*, artifact: Artifact, **fields) -> Artifact:
     """Changes the descriptive fields; a new location or revision means a new inspection."""
     editable = {"name", "description", "tags", "license", "location", "revision"}
-    reinspect = False
     changed = []
     for key, value in fields.items():
         if key not in editable:
@@ -238,11 +239,10 @@ def artifact_update(*, artifact: Artifact, **fields) -> Artifact:
             value = value.strip()
         if key == "location":
             _check_location(artifact.connection, value)
-        if key in ("location", "revision") and value != getattr(artifact, key):
-            reinspect = True
         if value != getattr(artifact, key):
             changed.append(key)
         setattr(artifact, key, value)
+    reinspect = bool({"location", "revision"} & set(changed))
     if reinspect:
         artifact.status = ArtifactStatus.PENDING
     try:
