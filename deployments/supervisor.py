@@ -46,43 +46,6 @@ S = Deployment.Status
 BUSY = (S.PENDING, S.FETCHING, S.STARTING, S.RESTARTING, S.STOPPING)
 
 
-def process_alive(pid: int | None) -> bool:
-    """Whether `pid` runs (a zombie child of ours is reaped and counts as dead)."""
-    if not pid:
-        return False
-    try:
-        reaped, _ = os.waitpid(pid, os.WNOHANG)
-        if reaped == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child: a server adopted after the agent restarted
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def group_alive(pgid: int | None) -> bool:
-    """Whether any process of the server's process group (the server and the
-    engine processes it forked) still runs; zombies do not count."""
-    if not pgid:
-        return False
-    if process_alive(pgid):  # reaps the leader if it is our child
-        return True
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                state, _ppid, pgrp = f.read().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError):
-            continue  # gone while we looked
-        if int(pgrp) == pgid and state != "Z":
-            return True
-    return False
-
-
 def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host if host not in ("", "0.0.0.0") else "127.0.0.1", 0))
@@ -247,7 +210,7 @@ class Supervisor:
             )
         if d.node_id != here.pk:
             # It moved to another node: stop its server here, then that node starts it.
-            if group_alive(d.pid):
+            if processes.group_alive(d.pid):
                 self.terminate(d)
             services.deployment_release(
                 deployment=d, node=here, reason=f"Stopped the server on {here.name}; it moves to {d.node.name}."
@@ -265,9 +228,9 @@ class Supervisor:
             d = services.deployment_release(
                 deployment=d, node=old, reason=f"{old.name} is offline; starting on {here.name} without waiting for it."
             )
-        alive = process_alive(d.pid)
+        alive = processes.alive(d.pid)
         if d.desired == Deployment.Desired.STOPPED:
-            if group_alive(d.pid):
+            if processes.group_alive(d.pid):
                 self.terminate(d)
             if d.status != S.STOPPED or d.pid or d.port:
                 services.deployment_mark_stopped(deployment=d)
@@ -366,7 +329,7 @@ class Supervisor:
         self.launch(d, entries)
 
     def crashed(self, d: Deployment, reason: str) -> None:
-        if group_alive(d.pid):
+        if processes.group_alive(d.pid):
             self.kill(d.pid)  # what is left of it (vLLM's engine) must not hold memory into the restart
         stayed_up = (
             d.ready_at is not None
@@ -467,7 +430,7 @@ class Supervisor:
     @staticmethod
     def _wait_gone(pgid: int, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
-        while group_alive(pgid):
+        while processes.group_alive(pgid):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.1)

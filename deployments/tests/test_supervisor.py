@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from deployments import supervisor
+from deployments import processes, supervisor
 from deployments.models import Deployment
-from deployments.supervisor import Supervisor, group_alive, process_alive
+from deployments.supervisor import Supervisor
 from tests.support.agents import wait_for
 from tests.support.deployments import demo_deployment
 from tests.support.nodes import online_cpu_node
@@ -54,7 +54,7 @@ def test_stopping_gives_a_server_that_has_served_time_to_finish(
     Supervisor("n", None, tmp_path).terminate(deployment)
     took = time.monotonic() - began
 
-    assert not process_alive(stubborn.pid)
+    assert not processes.alive(stubborn.pid)
     assert at_least <= took < below, took
 
 
@@ -74,12 +74,12 @@ def test_stopping_ends_every_process_of_the_servers_group(tmp_path, monkeypatch)
     )
     engine_pid = int(server.stdout.readline())
     try:
-        wait_for(lambda: group_alive(server.pid), timeout=10, every=0.05, what="the stand-in server to start")
+        wait_for(lambda: processes.group_alive(server.pid), timeout=10, every=0.05, what="the stand-in server to start")
 
         Supervisor("n", None, tmp_path).terminate(Deployment(pid=server.pid))
 
-        assert not process_alive(server.pid) and not process_alive(engine_pid), "the engine outlived its server"
-        assert not group_alive(server.pid)
+        assert not processes.alive(server.pid) and not processes.alive(engine_pid), "the engine outlived its server"
+        assert not processes.group_alive(server.pid)
     finally:
         for pid in (engine_pid, server.pid):
             try:

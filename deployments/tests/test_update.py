@@ -14,9 +14,9 @@ from django.utils import timezone
 
 from cluster.models import CachedArtifact, CacheLease, Node
 from conftest import DEMO_STORE
-from deployments import services
+from deployments import processes, services
 from deployments.models import Deployment
-from deployments.supervisor import Supervisor, process_alive
+from deployments.supervisor import Supervisor
 from registry.demo import DEMO_BASE, demo_register
 from tests.support.deployments import deploy
 from tests.support.nodes import api_as, gpu_node, online_cpu_node
@@ -157,7 +157,7 @@ def test_the_old_node_stops_the_server_and_releases_it_before_the_new_one_starts
 
     old.tick()
     deployment.refresh_from_db()
-    assert not process_alive(stand_in_server.pid)
+    assert not processes.alive(stand_in_server.pid)
     assert (deployment.pid, deployment.port, deployment.launched_node) == (None, None, None)
     assert deployment.status_reason == "Stopped the server on cpu-1; it moves to cpu-2."
     assert "Stopped the server on cpu-1; it moves to cpu-2." in messages_of(deployment), "on the timeline too"

@@ -24,9 +24,8 @@ from django.test import Client
 from cluster.models import Node
 from config.vault import unseal
 from conftest import DEMO_STORE
-from deployments import server_metrics, vllm_metrics
+from deployments import processes, server_metrics, vllm_metrics
 from deployments.models import Deployment
-from deployments.supervisor import process_alive
 from inference.models import UsageRecord
 from registry import services as registry_services
 from registry.demo import DEMO_BASE, DEMO_CONNECTION, demo_register
@@ -328,7 +327,7 @@ class Journey:
             what="revision 2 on cpu-node-2",
         )  # fmt: skip
         deployment = self.deployment
-        assert deployment.launched_node.name == "cpu-node-2" and not process_alive(old_pid), "the old server stopped"
+        assert deployment.launched_node.name == "cpu-node-2" and not processes.alive(old_pid), "the old server stopped"
         assert deployment.pid != old_pid and "--max-num-seqs 8" in deployment.command
         assert Path(deployment.log_path).parent.name == f"{deployment.pk}-r2", "a new revision, a new log"
         assert served(deployment) == {"demo", "demo:pirate", "demo:json-answer"}

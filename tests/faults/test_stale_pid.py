@@ -12,7 +12,7 @@ import pytest
 
 from deployments import processes
 from deployments.models import Deployment
-from deployments.supervisor import Supervisor, process_alive
+from deployments.supervisor import Supervisor
 from tests.support.deployments import demo_deployment
 from tests.support.nodes import online_cpu_node
 
@@ -55,7 +55,7 @@ def test_a_process_holding_an_old_pid_is_neither_adopted_nor_signalled(cast, tmp
 
     Supervisor("cpu-1", None, tmp_path / "runs").reconcile(Deployment.objects.get(pk=deployment.pk), here=node)
 
-    assert process_alive(stand_in.pid) and stand_in.poll() is None, "the stand-in was signalled"
+    assert processes.alive(stand_in.pid) and stand_in.poll() is None, "the stand-in was signalled"
     after = Deployment.objects.get(pk=deployment.pk)
     assert after.pid != stand_in.pid, "the stand-in was adopted"
     assert f"pid {stand_in.pid} now belongs to another process" in " ".join(e.message for e in after.events.all())

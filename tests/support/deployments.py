@@ -14,9 +14,10 @@ from cluster.models import CachedArtifact
 from config import changes
 from config.vault import seal
 from conftest import DEMO_STORE
+from deployments import processes
 from deployments import services as deployment_services
 from deployments.models import Deployment, DeploymentAdapter
-from deployments.supervisor import Supervisor, process_alive
+from deployments.supervisor import Supervisor
 from registry import services as registry_services
 from registry.demo import DEMO_BASE, demo_register
 from registry.tests.helpers import register_and_inspect
@@ -89,5 +90,5 @@ def launch_and_wait(root: Path, deployment: Deployment) -> Deployment:
     Supervisor("cpu-1", ArtifactCache(root.parent / "cache"), root).launch(d, entries)
     d = Deployment.objects.get(pk=deployment.pk)
     if d.pid:
-        wait_for(lambda: not process_alive(d.pid), timeout=10, what="the stand-in server to exit")
+        wait_for(lambda: not processes.alive(d.pid), timeout=10, what="the stand-in server to exit")
     return d
