@@ -27,6 +27,16 @@ def fresh_address() -> str:
     return f"10.{n % 250}.{(n >> 8) % 250}.{(n >> 16) % 250 + 1}"
 
 
+@pytest.fixture(autouse=True)
+def fresh_counters():
+    """Starts each test with no counters. They live a day in Redis and are keyed by addresses and by token
+    and key ids, which a new test database hands out again: an earlier run's requests on the same Redis
+    server (another pass, another clone) must not count against this one's."""
+    client = ratelimit.redis_client.client()
+    for counter in client.scan_iter(f"{ratelimit.PREFIX}*"):
+        client.delete(counter)
+
+
 @pytest.fixture
 def limits(settings):
     """Sets limits by name (requests per day, so a window never rolls over mid-test)."""
@@ -166,11 +176,6 @@ def gateway_models(console, key: str | None) -> requests.Response:
 def test_the_gateway_is_limited_per_key_then_per_address(limited_console, cast):
     _, busy = inference_key_create(workspace=cast.team, name="busy")
     _, other = inference_key_create(workspace=cast.team, name="other")
-    # The address counter is shared with every earlier run's requests from 127.0.0.1 today; start clean.
-    redis = ratelimit.redis_client.client()
-    for counter in redis.scan_iter(f"{ratelimit.PREFIX}gateway.address:127.0.0.1:*"):
-        redis.delete(counter)
-
     assert [gateway_models(limited_console, busy).status_code for _ in range(GATEWAY_PER_KEY)] == [200] * 3
     refused = gateway_models(limited_console, busy)
     assert refused.status_code == 429 and 0 < int(refused.headers["Retry-After"]) <= DAY
