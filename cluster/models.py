@@ -130,6 +130,11 @@ class CachedArtifact(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+    # The claim (config/jobs.py): which agent runs the fetch, its last sign of life, and when its
+    # message last went out.
+    claimed_by = models.CharField(max_length=100, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["node__name", "artifact__name"]

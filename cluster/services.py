@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
-from django.db import models, transaction
-from django.db.models import F
+from django.db import connection, models, transaction
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -18,6 +19,7 @@ from cluster import tasks
 from cluster.cache import ArtifactCache, FetchCancelled, FetchError, Wanted, evict_lru
 from cluster.inventory import Inventory, cpu_name
 from cluster.models import Accelerator, CachedArtifact, CacheLease, Node
+from config import jobs
 from config.errors import DomainError
 from registry.models import Artifact, ArtifactStatus, Connection, ConnectionKind
 from registry.sources import SourceError, open_source
@@ -141,15 +143,25 @@ def artifact_fetch_request(*, artifact: Artifact, node: Node) -> CachedArtifact:
             requested_at=timezone.now(),
             started_at=None,
             finished_at=None,
+            claimed_by="",
+            heartbeat_at=None,
+            sent_at=timezone.now(),
         )
         audit_record(action=f"{artifact.kind_noun}.fetch", target=artifact, detail={"node": node.name})
-        transaction.on_commit(lambda: tasks.fetch_artifact.apply_async(args=[cached.pk], queue=node.queue))
+        _send_fetch(cached.pk, node)
     cached.refresh_from_db()
     return cached
 
 
+def _send_fetch(cached_id: int, node: Node) -> None:
+    jobs.send_on_commit(
+        lambda: tasks.fetch_artifact.apply_async(args=[cached_id], queue=node.queue), what=f"fetch {cached_id}"
+    )
+
+
 def artifact_fetch_cancel(*, cached: CachedArtifact) -> CachedArtifact:
-    """Stops a queued or running fetch; what was downloaded stays for a later resume."""
+    """Stops a queued or running fetch: the agent running it notices within a second (its progress write
+    finds the row cancelled) and removes what it downloaded."""
     stopped = CachedArtifact.objects.filter(pk=cached.pk, status__in=CachedArtifact.ACTIVE).update(
         status=CachedArtifact.Status.CANCELLED, finished_at=timezone.now(), error="Cancelled."
     )
@@ -163,22 +175,40 @@ def artifact_fetch_cancel(*, cached: CachedArtifact) -> CachedArtifact:
 
 
 def artifact_fetch_run(*, cached_id: int, cache: ArtifactCache) -> CachedArtifact | None:
-    """Runs on the node: claims a queued fetch (or one a killed agent left
-    running), checks the source has not changed since registration, downloads
-    what the cache lacks with progress, and records the outcome. Returns None
-    when there was nothing to claim."""
-    claimed = CachedArtifact.objects.filter(pk=cached_id, status__in=CachedArtifact.ACTIVE).update(
-        status=CachedArtifact.Status.FETCHING, started_at=timezone.now()
+    """Runs on the node: claims a queued fetch, checks the source has not changed
+    since registration, downloads what the cache lacks with progress, and records
+    the outcome. Returns None when there was nothing to claim: a message repeated
+    or redelivered while the fetch runs, or after it ended, does nothing. (A fetch
+    whose agent died is queued again by `fetches_resume` or `fetches_sweep`.)"""
+    owner = jobs.worker_id()
+    now = timezone.now()
+    claimed = CachedArtifact.objects.filter(pk=cached_id, status=CachedArtifact.Status.QUEUED).update(
+        status=CachedArtifact.Status.FETCHING, started_at=now, claimed_by=owner, heartbeat_at=now
     )
     if not claimed:
         return None
+    try:
+        return _fetch_claimed(cached_id, owner, cache)
+    except jobs.DATABASE_DOWN:
+        # What is on disk stays for the resume: wanted again once the database is back; the task retries.
+        jobs.put_back_when_database_returns(
+            lambda: _mine(cached_id, owner).update(
+                status=CachedArtifact.Status.QUEUED, claimed_by="", heartbeat_at=None
+            ),
+            what=f"fetch {cached_id}",
+        )
+        raise
+
+
+def _fetch_claimed(cached_id: int, owner: str, cache: ArtifactCache) -> CachedArtifact:
+    mine = _mine(cached_id, owner)
     cached = CachedArtifact.objects.select_related("artifact__connection", "node").get(pk=cached_id)
     artifact = cached.artifact
     manifest = list(artifact.files.all())
     wanted = [Wanted(f.path, f.size, f.checksum, f.checksum_kind) for f in manifest]
     total = sum(w.size for w in wanted)
-    CachedArtifact.objects.filter(pk=cached_id).update(bytes_total=total)
-    progress = _ProgressWriter(cached_id, total)
+    mine.update(bytes_total=total)
+    progress = _ProgressWriter(mine, total)
     try:
         source = open_source(artifact.connection, location=artifact.location, revision=artifact.resolved_revision)
         _check_unchanged(artifact, source, manifest)
@@ -199,19 +229,20 @@ def artifact_fetch_run(*, cached_id: int, cache: ArtifactCache) -> CachedArtifac
                     cache.remove_artifact(cached.key)
                 raise
     except FetchCancelled:
-        return _finish(cached_id, CachedArtifact.Status.CANCELLED, "Cancelled.")
+        # Cancelled, or taken over after this worker was silent too long: the row is no longer ours to write.
+        return CachedArtifact.objects.get(pk=cached_id)
+    except jobs.DATABASE_DOWN:
+        raise
     except (FetchError, SourceError, DomainError) as exc:
-        return _finish(cached_id, CachedArtifact.Status.FAILED, getattr(exc, "message", None) or str(exc))
+        return _finish(cached_id, owner, CachedArtifact.Status.FAILED, getattr(exc, "message", None) or str(exc))
     except Exception:
         log.exception("fetch %s failed unexpectedly", cached_id)
         return _finish(
-            cached_id,
-            CachedArtifact.Status.FAILED,
-            "The fetch failed unexpectedly; see the node agent's log.",
+            cached_id, owner, CachedArtifact.Status.FAILED, "The fetch failed unexpectedly; see the node agent's log."
         )
     # Make room before saying ready, so whoever waits for "ready" sees the cache within its quota.
     cache_evict(node=cached.node, cache=cache)
-    CachedArtifact.objects.filter(pk=cached_id, status=CachedArtifact.Status.FETCHING).update(
+    mine.update(
         status=CachedArtifact.Status.READY,
         bytes_done=total,
         bytes_transferred=F("bytes_transferred") + report.bytes_transferred,
@@ -285,11 +316,12 @@ def _check_folder_unchanged(artifact: Artifact, source) -> None:
 
 
 class _ProgressWriter:
-    """The fetch's progress callback: writes bytes, rate and time left at most
-    once a second, and stops the fetch when someone cancelled it."""
+    """The fetch's progress callback: writes bytes, rate, time left and the claim's
+    heartbeat at most once a second (the cache calls it every quarter second even
+    while no byte moves), and stops the fetch when it was cancelled or taken over."""
 
-    def __init__(self, cached_id: int, total: int) -> None:
-        self.cached_id = cached_id
+    def __init__(self, mine: QuerySet, total: int) -> None:
+        self.mine = mine
         self.total = total
         self.last_write = 0.0
         self.first: tuple[float, int] | None = None
@@ -305,26 +337,95 @@ class _ProgressWriter:
         elapsed = now - started
         rate = int((done - done_at_start) / elapsed) if elapsed > 0.5 else None
         eta = int((total - done) / rate) if rate else None
-        updated = CachedArtifact.objects.filter(pk=self.cached_id, status=CachedArtifact.Status.FETCHING).update(
-            bytes_done=done, rate_bytes_per_second=rate, eta_seconds=eta
-        )
+        try:
+            updated = self.mine.update(
+                bytes_done=done, rate_bytes_per_second=rate, eta_seconds=eta, heartbeat_at=timezone.now()
+            )
+        except jobs.DATABASE_DOWN:
+            # A database restart must not throw away a download under way: write again next second.
+            connection.close()
+            return
         if not updated:
             raise FetchCancelled()
 
 
-def _finish(cached_id: int, status: str, error: str) -> CachedArtifact:
-    CachedArtifact.objects.filter(pk=cached_id).exclude(status=CachedArtifact.Status.CANCELLED).update(
-        status=status, error=error, finished_at=timezone.now(), eta_seconds=None
-    )
+def _finish(cached_id: int, owner: str, status: str, error: str) -> CachedArtifact:
+    """Records how a fetch ended, if it is still this worker's to record; returns the row as it is."""
+    _mine(cached_id, owner).update(status=status, error=error, finished_at=timezone.now(), eta_seconds=None)
     return CachedArtifact.objects.get(pk=cached_id)
 
 
+def _mine(cached_id: int, owner: str) -> QuerySet:
+    """The fetch `cached_id` while `owner` still holds it: every write of a running fetch goes through this."""
+    return CachedArtifact.objects.filter(pk=cached_id, status=CachedArtifact.Status.FETCHING, claimed_by=owner)
+
+
 def fetches_resume(*, node: Node) -> list[int]:
-    """Queues again the fetches a killed agent left behind on `node`; returns their ids."""
-    ids = list(CachedArtifact.objects.filter(node=node, status__in=CachedArtifact.ACTIVE).values_list("pk", flat=True))
-    for pk in ids:
-        tasks.fetch_artifact.apply_async(args=[pk], queue=node.queue)
+    """Runs when `node`'s agent starts: the fetches a previous agent of the node left running are queued
+    again (one agent serves a node, so their owner is dead and their partial files are resumed), and every
+    queued fetch of the node is sent again. Returns their ids."""
+    CachedArtifact.objects.filter(node=node, status=CachedArtifact.Status.FETCHING).exclude(
+        claimed_by=jobs.worker_id()
+    ).update(status=CachedArtifact.Status.QUEUED, claimed_by="", heartbeat_at=None)
+    ids = list(
+        CachedArtifact.objects.filter(node=node, status=CachedArtifact.Status.QUEUED).values_list("pk", flat=True)
+    )
+    _resend(ids, node)
     return ids
+
+
+def _resend(ids: list[int], node: Node) -> None:
+    CachedArtifact.objects.filter(pk__in=ids).update(sent_at=timezone.now())
+    for pk in ids:
+        jobs.send(lambda pk=pk: tasks.fetch_artifact.apply_async(args=[pk], queue=node.queue), what=f"fetch {pk}")
+
+
+def fetches_sweep() -> dict[str, list[int]]:
+    """Finds fetches again whose message or worker was lost (see config/jobs.py), run every minute by beat:
+    - on a node gone for good (silent PLUGBOARD_NODE_GONE_SECONDS), every queued or running fetch fails, saying so;
+    - a running fetch whose heartbeat is older than PLUGBOARD_FETCH_STALE_SECONDS is queued again (its
+      agent died or lost it; the partial files are resumed);
+    - a queued fetch whose message went out PLUGBOARD_JOB_RESEND_SECONDS ago is sent again.
+    Returns the ids by what was done."""
+    now = timezone.now()
+    done: dict[str, list[int]] = {"failed": [], "requeued": [], "resent": []}
+    gone_before = now - timedelta(seconds=settings.PLUGBOARD_NODE_GONE_SECONDS)
+    active = CachedArtifact.objects.filter(status__in=CachedArtifact.ACTIVE)
+    for cached in active.filter(Q(node__last_seen_at__lt=gone_before) | Q(node__last_seen_at=None)).select_related(
+        "node"
+    ):
+        failed = CachedArtifact.objects.filter(pk=cached.pk, status__in=CachedArtifact.ACTIVE).update(
+            status=CachedArtifact.Status.FAILED,
+            finished_at=now,
+            eta_seconds=None,
+            error=f"The node {cached.node.name} has not reported since "
+            f"{_when(cached.node.last_seen_at)}: its agent is gone. Fetch again once it is back, or on another node.",
+        )
+        if failed:
+            done["failed"].append(cached.pk)
+    live = active.exclude(pk__in=done["failed"])
+    silent = now - timedelta(seconds=settings.PLUGBOARD_FETCH_STALE_SECONDS)
+    for cached in live.filter(status=CachedArtifact.Status.FETCHING, heartbeat_at__lt=silent).select_related("node"):
+        requeued = CachedArtifact.objects.filter(
+            pk=cached.pk, status=CachedArtifact.Status.FETCHING, heartbeat_at=cached.heartbeat_at
+        ).update(status=CachedArtifact.Status.QUEUED, claimed_by="", heartbeat_at=None)
+        if requeued:
+            log.warning(
+                "fetch %s on %s went silent (owner %s); queued again", cached.pk, cached.node, cached.claimed_by
+            )
+            done["requeued"].append(cached.pk)
+            _resend([cached.pk], cached.node)
+    lost = live.filter(status=CachedArtifact.Status.QUEUED).filter(
+        Q(sent_at__lt=jobs.resend_before()) | Q(sent_at=None)
+    )
+    for cached in lost.exclude(pk__in=done["requeued"]).select_related("node"):
+        done["resent"].append(cached.pk)
+        _resend([cached.pk], cached.node)
+    return done
+
+
+def _when(moment) -> str:
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M %Z") if moment else "it was added"
 
 
 # How often a lease held on every supervisor tick refreshes its artifact's "last used" time (for eviction).
@@ -389,7 +490,10 @@ def cache_remove_request(*, cached: CachedArtifact) -> None:
     audit_record(
         action=f"{cached.artifact.kind_noun}.uncache", target=cached.artifact, detail={"node": cached.node.name}
     )
-    transaction.on_commit(lambda: tasks.remove_cached_artifact.apply_async(args=[cached.pk], queue=queue))
+    # A lost message leaves the copy in place and listed: asking again sends another.
+    jobs.send_on_commit(
+        lambda: tasks.remove_cached_artifact.apply_async(args=[cached.pk], queue=queue), what=f"removal {cached.pk}"
+    )
 
 
 def cache_remove(*, cached: CachedArtifact, cache: ArtifactCache) -> int:

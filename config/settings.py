@@ -113,6 +113,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # Tests start node agents as processes of their own: the test database must be a file they can open.
     DATABASES["default"].setdefault("TEST", {}).setdefault("NAME", str(VAR_DIR / "test-db.sqlite3"))
+else:
+    # A database that does not answer (restarting, frozen, cut off) fails a request after this many seconds
+    # instead of holding it and its thread without end; the request then answers 503 (config/health.py).
+    # With CONN_HEALTH_CHECKS a connection kept between requests is checked before reuse, so one the database
+    # dropped while it restarted is replaced instead of failing the next request.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("PLUGBOARD_DB_CONNECT_TIMEOUT", default=5)
+    )
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -159,13 +168,26 @@ CELERY_TIMEZONE = TIME_ZONE
 # Periodic work, sent to the control queue by `celery beat`.
 CELERY_BEAT_SCHEDULE = {
     "usage-rollup": {"task": "inference.tasks.usage_rollup", "schedule": 600.0},
+    # Jobs whose message was lost, or whose worker died, are found again (config/jobs.py).
+    "sweep-inspections": {"task": "registry.tasks.sweep_inspections", "schedule": 60.0},
+    "sweep-fetches": {"task": "cluster.tasks.sweep_fetches", "schedule": 60.0},
 }
+# A queued job not claimed this long after its message went out is sent again (duplicates are harmless).
+PLUGBOARD_JOB_RESEND_SECONDS = env.int("PLUGBOARD_JOB_RESEND_SECONDS", default=300)
+# A fetch refreshes its heartbeat every second while it runs; one silent this long has lost its worker.
+PLUGBOARD_FETCH_STALE_SECONDS = env.int("PLUGBOARD_FETCH_STALE_SECONDS", default=300)
+# A node whose agent has not reported for this long is gone for good: its queued and running fetches fail.
+PLUGBOARD_NODE_GONE_SECONDS = env.int("PLUGBOARD_NODE_GONE_SECONDS", default=3600)
+# A stale inspection is given to another worker this many times, then fails with the reason.
+PLUGBOARD_INSPECTION_ATTEMPTS = env.int("PLUGBOARD_INSPECTION_ATTEMPTS", default=3)
 
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "plugboard",
+        # Whoever reads the cache waits at most this long for a Redis that is down or restarting.
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
     }
 }
 
@@ -253,6 +275,10 @@ PLUGBOARD_USAGE_RAW_DAYS = max(8, env.int("PLUGBOARD_USAGE_RAW_DAYS", default=8)
 PLUGBOARD_USAGE_HOURLY_DAYS = env.int("PLUGBOARD_USAGE_HOURLY_DAYS", default=90)
 # Events kept per deployment (its timeline); older ones are dropped as new ones come.
 PLUGBOARD_EVENTS_KEPT = env.int("PLUGBOARD_EVENTS_KEPT", default=1000)
+# A model server's log on its node is rotated once it grows past this many bytes (copied to server.log.1 and
+# emptied in place while the server writes on: deployments/logs.py, rotate); this many rotated files are kept.
+PLUGBOARD_SERVER_LOG_MAX_BYTES = env.int("PLUGBOARD_SERVER_LOG_MAX_BYTES", default=64 * 1024 * 1024)
+PLUGBOARD_SERVER_LOG_KEEP = env.int("PLUGBOARD_SERVER_LOG_KEEP", default=3)
 # Seconds an outside call (S3, the hub) may take before inspection gives up with a message.
 PLUGBOARD_SOURCE_TIMEOUT = env.float("PLUGBOARD_SOURCE_TIMEOUT", default=20.0)
 
@@ -269,6 +295,15 @@ LOGGING = {
 PLUGBOARD_NODE_HEARTBEAT_SECONDS = env.float("PLUGBOARD_NODE_HEARTBEAT_SECONDS", default=5.0)
 # A node's download bandwidth cap in bytes per second (0: none), so fetches leave room for serving traffic.
 PLUGBOARD_FETCH_MAX_BYTES_PER_SECOND = env.int("PLUGBOARD_FETCH_MAX_BYTES_PER_SECOND", default=0)
+# A download that stalls fails the fetch instead of holding one of the node's fetch threads forever
+# (registry/sources/base.py, StallGuard). Connecting is bounded by PLUGBOARD_SOURCE_TIMEOUT; a stream that
+# brings no byte for FETCH_READ_TIMEOUT seconds fails; and since a source that drips a byte every few seconds
+# never trips a read timeout, every FETCH_RATE_WINDOW seconds spent waiting on one stream must also bring at
+# least FETCH_MIN_BYTES_PER_SECOND per second (0 turns that check off). Keep the minimum well below the
+# bandwidth cap above divided by the streams of a fetch (8), though time the cap holds a stream back is not counted.
+PLUGBOARD_FETCH_READ_TIMEOUT = env.float("PLUGBOARD_FETCH_READ_TIMEOUT", default=60.0)
+PLUGBOARD_FETCH_MIN_BYTES_PER_SECOND = env.int("PLUGBOARD_FETCH_MIN_BYTES_PER_SECOND", default=1024)
+PLUGBOARD_FETCH_RATE_WINDOW = env.float("PLUGBOARD_FETCH_RATE_WINDOW", default=60.0)
 # The vLLM runtime a node agent reports and (later) launches: the interpreter of its own virtualenv.
 PLUGBOARD_VLLM_PYTHON = Path(env.str("PLUGBOARD_VLLM_PYTHON", default=str(BASE_DIR / ".venv-vllm" / "bin" / "python")))
 

@@ -107,6 +107,12 @@ class Artifact(models.Model):
     # What the source said the content is: a hub commit, or a digest of S3 ETags / file stamps.
     resolved_revision = models.CharField(max_length=200, blank=True)
     inspection_bytes_read = models.BigIntegerField(default=0)
+    # The inspection's claim (config/jobs.py): which worker runs it, since when, when its message last went
+    # out, and how many workers took it (a stale claim is given to another a few times, then fails).
+    claimed_by = models.CharField(max_length=100, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    inspection_attempts = models.PositiveSmallIntegerField(default=0)
 
     total_bytes = models.BigIntegerField(null=True, blank=True)
     weight_bytes = models.BigIntegerField(null=True, blank=True)

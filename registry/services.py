@@ -4,14 +4,17 @@ inspection and compatibility."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import Workspace
 from audit.services import audit_record
+from config import jobs
 from config.errors import DomainError
 from config.vault import seal, unseal
 from registry import dependents, tasks
@@ -215,12 +218,13 @@ def artifact_register(
         tags=_clean_tags(tags),
         license=license.strip(),
         created_by=user,
+        sent_at=timezone.now(),
     )
     try:
         with transaction.atomic():
             artifact.save()
             audit_record(action=f"{artifact.kind_noun}.register", target=artifact, detail={"location": artifact.where})
-            transaction.on_commit(lambda: tasks.inspect_artifact.delay(artifact.pk))
+            _send_inspection(artifact.pk)
     except IntegrityError:
         raise DomainError(f"This workspace already has a model or adapter named “{name}”.") from None
     return artifact
@@ -243,14 +247,15 @@ def artifact_update(*, artifact: Artifact, **fields) -> Artifact:
             changed.append(key)
         setattr(artifact, key, value)
     reinspect = bool({"location", "revision"} & set(changed))
-    if reinspect:
-        artifact.status = ArtifactStatus.PENDING
+    if reinspect:  # an inspection running now is of the old location: its result will not be recorded
+        for key, value in _wanted_inspection().items():
+            setattr(artifact, key, value)
     try:
         with transaction.atomic():
             artifact.save()
             audit_record(action=f"{artifact.kind_noun}.update", target=artifact, detail={"fields": changed})
             if reinspect:
-                transaction.on_commit(lambda: tasks.inspect_artifact.delay(artifact.pk))
+                _send_inspection(artifact.pk)
     except IntegrityError:
         raise DomainError(f"This workspace already has a model or adapter named “{artifact.name}”.") from None
     return artifact
@@ -261,9 +266,9 @@ def artifact_reinspect(*, artifact: Artifact) -> Artifact:
     if artifact.status == ArtifactStatus.INSPECTING:
         raise DomainError("It is being inspected right now; wait for that to finish.")
     with transaction.atomic():
-        Artifact.objects.filter(pk=artifact.pk).update(status=ArtifactStatus.PENDING)
+        Artifact.objects.filter(pk=artifact.pk).update(**_wanted_inspection())
         audit_record(action=f"{artifact.kind_noun}.reinspect", target=artifact)
-        transaction.on_commit(lambda: tasks.inspect_artifact.delay(artifact.pk))
+        _send_inspection(artifact.pk)
     artifact.refresh_from_db()
     return artifact
 
@@ -298,16 +303,51 @@ def _clean_tags(tags) -> list[str]:
 # Inspection ----------------------------------------------------------------
 
 
+def _wanted_inspection() -> dict:
+    """The fields that ask for a fresh inspection (a new claim, a new count of attempts)."""
+    return dict(
+        status=ArtifactStatus.PENDING, claimed_by="", claimed_at=None, sent_at=timezone.now(), inspection_attempts=0
+    )
+
+
+def _send_inspection(artifact_id: int) -> None:
+    jobs.send_on_commit(lambda: tasks.inspect_artifact.delay(artifact_id), what=f"inspection {artifact_id}")
+
+
 def artifact_inspect(*, artifact_id: int) -> Artifact | None:
     """Claims a pending artifact, inspects its source and records either the
     whole result (ready) or every reason it was refused (invalid), in one
     transaction so nothing is ever half-registered. Then refreshes its
-    compatibility verdicts. Returns None when there was nothing to claim."""
+    compatibility verdicts. Returns None when there was nothing to claim (a
+    repeated message) or when the claim was lost meanwhile (the artifact was
+    edited, or the sweep gave the inspection to another worker)."""
+    owner = jobs.worker_id()
     claimed = Artifact.objects.filter(pk=artifact_id, status=ArtifactStatus.PENDING).update(
-        status=ArtifactStatus.INSPECTING
+        status=ArtifactStatus.INSPECTING,
+        claimed_by=owner,
+        claimed_at=timezone.now(),
+        inspection_attempts=F("inspection_attempts") + 1,
     )
     if not claimed:
         return None
+    try:
+        return _inspect_claimed(artifact_id, owner)
+    except jobs.DATABASE_DOWN:
+        # Not the source's fault, and not an attempt: wanted again once the database is back; the task retries.
+        held = Artifact.objects.filter(pk=artifact_id, status=ArtifactStatus.INSPECTING, claimed_by=owner)
+        jobs.put_back_when_database_returns(
+            lambda: held.update(
+                status=ArtifactStatus.PENDING,
+                claimed_by="",
+                claimed_at=None,
+                inspection_attempts=F("inspection_attempts") - 1,
+            ),
+            what=f"inspection {artifact_id}",
+        )
+        raise
+
+
+def _inspect_claimed(artifact_id: int, owner: str) -> Artifact | None:
     artifact = Artifact.objects.select_related("connection").get(pk=artifact_id)
     try:
         source = open_source(artifact.connection, location=artifact.location, revision=artifact.revision)
@@ -325,12 +365,56 @@ def artifact_inspect(*, artifact_id: int) -> Artifact | None:
         result = Inspection(kind=artifact.kind, problems=["Inspection failed unexpectedly; see the worker's log."])
     if result.ok and artifact.is_adapter:
         result.problems.extend(runtime_problems(result.config, result.tensors))
-    _record_inspection(artifact, result)
+    if not _record_inspection(artifact, result, owner=owner):
+        log.warning("inspection of artifact %s was taken from %s meanwhile; its result is dropped", artifact_id, owner)
+        return None
     compatibility_refresh(artifact=artifact)
     return artifact
 
 
-def _record_inspection(artifact: Artifact, result: Inspection) -> None:
+def inspections_sweep() -> dict[str, list[int]]:
+    """Finds inspections again whose message or worker was lost (see config/jobs.py), run every minute by beat:
+    - one claimed longer ago than the inspection task's time limit has lost its worker (a worker that lives
+      is killed at that limit): it is queued again, or after PLUGBOARD_INSPECTION_ATTEMPTS tries marked
+      invalid with the reason;
+    - a pending one whose message went out PLUGBOARD_JOB_RESEND_SECONDS ago is sent again.
+    Returns the ids by what was done."""
+    done: dict[str, list[int]] = {"failed": [], "requeued": [], "resent": []}
+    dead_before = timezone.now() - timedelta(seconds=tasks.INSPECTION_TIME_LIMIT + 60)
+    stale = Artifact.objects.filter(status=ArtifactStatus.INSPECTING).filter(
+        Q(claimed_at__lt=dead_before) | Q(claimed_at=None)
+    )
+    for pk, claimed_at, attempts in stale.values_list("pk", "claimed_at", "inspection_attempts"):
+        still = Artifact.objects.filter(pk=pk, status=ArtifactStatus.INSPECTING, claimed_at=claimed_at)
+        if attempts >= settings.PLUGBOARD_INSPECTION_ATTEMPTS:
+            reason = (
+                f"The inspection was started {attempts} times and its worker stopped each time before it "
+                "finished (see the control worker's log: killed for memory?). Inspect it again to retry."
+            )
+            if still.update(
+                status=ArtifactStatus.INVALID, problems=[reason], claimed_by="", inspected_at=timezone.now()
+            ):
+                done["failed"].append(pk)
+        elif still.update(status=ArtifactStatus.PENDING, claimed_by="", claimed_at=None, sent_at=timezone.now()):
+            log.warning("inspection of artifact %s went silent; queued again", pk)
+            done["requeued"].append(pk)
+            _resend_inspection(pk)
+    lost = Artifact.objects.filter(status=ArtifactStatus.PENDING).filter(
+        Q(sent_at__lt=jobs.resend_before()) | Q(sent_at=None)
+    )
+    for pk in lost.exclude(pk__in=done["requeued"]).values_list("pk", flat=True):
+        Artifact.objects.filter(pk=pk).update(sent_at=timezone.now())
+        done["resent"].append(pk)
+        _resend_inspection(pk)
+    return done
+
+
+def _resend_inspection(artifact_id: int) -> None:
+    jobs.send(lambda: tasks.inspect_artifact.delay(artifact_id), what=f"inspection {artifact_id}")
+
+
+def _record_inspection(artifact: Artifact, result: Inspection, *, owner: str) -> bool:
+    """Writes the inspection's result if `owner` still holds the claim; says whether it did."""
     fields = _empty_inspection_fields()
     fields.update(
         inspected_at=timezone.now(),
@@ -343,6 +427,11 @@ def _record_inspection(artifact: Artifact, result: Inspection) -> None:
     else:
         fields.update(status=ArtifactStatus.INVALID)
     with transaction.atomic():
+        held = Artifact.objects.select_for_update().filter(
+            pk=artifact.pk, status=ArtifactStatus.INSPECTING, claimed_by=owner
+        )
+        if not held.exists():
+            return False
         ArtifactFile.objects.filter(artifact=artifact).delete()
         if result.ok:
             ArtifactFile.objects.bulk_create(
@@ -358,6 +447,7 @@ def _record_inspection(artifact: Artifact, result: Inspection) -> None:
         artifact.tensor_table, _ = ArtifactTensors.objects.update_or_create(
             artifact=artifact, defaults={"tensors": tensors}
         )
+    return True
 
 
 def _empty_inspection_fields() -> dict:
