@@ -3,13 +3,13 @@
 Pure Python and the standard library, with no Django and no project import,
 so the node agent can wrap it and its tests can run it alone. Its modules:
 
-    store.py       the content-addressed store: fetch, sharing, link, garbage collection, accounting, LRU eviction
+    store.py       the content-addressed store: fetch, sharing, link, garbage collection, tidying, usage, LRU eviction
     download.py    the parallel ranged download of missing blobs, hashed as chunks land
     partial.py     one file being downloaded: its partial file and the record that lets it resume
     checksums.py   the kinds of checksum a manifest carries (sha256, git blob ids, S3 ETags) and the verifier
     manifest.py    what a fetch is asked for (Wanted), its errors, and the checks of keys and paths
     layout.py      the version of the layout on disk, and the move up from the first one
-    locks.py       flock-based locks between processes
+    locks.py       flock-based locks between processes, and the safe removal of their files
     disk.py        hard links, walking and disk accounting
 
 On disk, under `root`:
@@ -26,10 +26,19 @@ On disk, under `root`:
                                        than sha256), so one scope never resumes from another's chunks
     partial/<...>.part.json            which chunks of the .part file are on disk (written after an fsync)
     staging/<key>/<random>/            an artifact folder being assembled, renamed into artifacts/ when whole
-    locks/                             flock files: one per blob, one per artifact key, and gc.lock
+    locks/                             flock files: one per content being downloaded, one per artifact key, and
+                                       gc.lock; those of contents and keys that are gone are removed (tidy)
 
 A file has a final name under blobs/ only after its size and checksum were
 verified, so nothing partial or corrupt is ever reachable from artifacts/.
+
+Bounded growth. A fetch that fails (the source's error, a stall, a mismatch, a
+full disk) or is cancelled deletes the partial files it was writing before it
+raises; only a killed process leaves them, and the next fetch of the same
+content resumes them (one nobody resumes for a week is deleted by tidy). The
+disk usage a node reports every heartbeat is a running total kept as blobs are
+stored and deleted, counted by a walk of the whole cache only at start and
+once a day.
 
 Sharing. Every fetch is made for a *scope*, a string its caller chooses (the
 console passes `workspace:<id>`, or `hub:<endpoint>` for a hub read without

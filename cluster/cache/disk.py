@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from collections.abc import Iterator
@@ -44,6 +45,19 @@ def walk(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
 
 def usage(st: os.stat_result) -> int:
     return st.st_blocks * 512
+
+
+def free_bytes(path: Path) -> int:
+    """Returns the bytes an unprivileged process may still write on the file system holding `path` (or, while
+    `path` does not exist yet, its nearest existing parent)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def human(n: float) -> str:

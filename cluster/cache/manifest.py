@@ -24,7 +24,7 @@ class FetchError(Exception):
 
 
 class FetchCancelled(Exception):
-    """Raised by a progress callback to stop a fetch; partial files are kept for a later resume."""
+    """Raised by a progress callback to stop a fetch; the fetch deletes its partial files, then raises it."""
 
 
 def check_key(key: str) -> None:

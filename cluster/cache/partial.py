@@ -3,7 +3,6 @@ the sidecar that records which chunks are on disk so that a killed fetch resumes
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -13,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from pathlib import Path
 
+from cluster.cache import disk
 from cluster.cache.checksums import Verifier
 from cluster.cache.locks import FileLock
 from cluster.cache.manifest import FetchError, Wanted
@@ -229,25 +229,36 @@ class Job:
             self.discarded = True
             self.forget_partial()
 
-    def close(self) -> None:
-        """Saves an unfinished file's progress for a later resume, closes it and lets go of the blob lock."""
+    def close(self, *, keep: bool = True) -> None:
+        """Closes the file and lets go of the blob lock. With `keep` (the process is going down, as under a kill),
+        an unfinished file's progress is saved so that the next fetch resumes it; without (the fetch failed or was
+        cancelled), the unfinished file and its sidecar are deleted, if this job holds the blob's lock: a partial
+        file another process is writing is that process's to keep or delete."""
         if self.fd >= 0:
-            if not self.finished:
+            if not self.finished and keep:
                 with self.state:
                     snapshot = set(self.done)
                 with suppress(FetchError):  # a full disk must not hide the error that stopped the fetch
                     self._save(snapshot)
             os.close(self.fd)
             self.fd = -1
+        if not keep and not self.finished and self.lock.held:
+            self.discard()
         self.lock.release()
 
     def write_error(self, exc: OSError) -> FetchError:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return FetchError(
-                f"The disk holding the artifact cache ({self.root}) is full: {self.paths[0]} could not be written. "
-                "Free space on the node or remove cached artifacts; fetching again resumes where this stopped."
-            )
+        if disk.is_disk_full(exc):
+            return disk_full(self.root, f"{self.paths[0]} ({disk.human(self.size)})")
         return FetchError(f"Could not write {self.partial} for {self.paths[0]}: {exc.strerror or exc}.")
+
+
+def disk_full(root: Path, what: str) -> FetchError:
+    """The error of a fetch that found the cache's disk full (ENOSPC, or EDQUOT under a quota) writing `what`."""
+    free = disk.free_bytes(root)
+    return FetchError(
+        f"Disk full: the artifact cache {root} has {disk.human(free)} free, too little to write {what}. "
+        "Free space on that disk (or remove cached artifacts, or lower the node's cache quota), then fetch again."
+    )
 
 
 def local_reader(source: Path) -> ChunkReader:

@@ -9,6 +9,8 @@ import json
 import os
 import re
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -19,11 +21,17 @@ from cluster.cache import disk, layout
 from cluster.cache.download import Download, RangeReader, Run, plan
 from cluster.cache.locks import FileLock
 from cluster.cache.manifest import FetchError, Wanted, check_files, check_key
-from cluster.cache.partial import Job
+from cluster.cache.partial import Job, disk_full
 
 MiB = 1024 * 1024
 SPACE_MARGIN = 64 * MiB  # kept free on top of what a fetch needs, so the node does not fill its disk to the last byte
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# The running usage total is checked against a walk of the whole cache this often: it follows what this process
+# stores and deletes, not what another process (or a person) changes in the folder.
+RECOUNT_SECONDS = 24 * 3600
+# A partial file nobody wrote for this long belongs to a fetch nobody will resume (killed, then cancelled while
+# its agent was down): tidy() deletes it. A killed agent's fetches resume when it starts, well within this.
+PARTIAL_MAX_AGE = 7 * 24 * 3600
 
 
 @dataclass
@@ -34,16 +42,52 @@ class FetchReport:
     unverified: list[str]  # paths checked by size only (no usable checksum, or an unguessable multipart ETag)
 
 
+class _Usage:
+    """The running total of one cache folder's disk usage outside partial/, shared by every ArtifactCache of
+    that folder in this process (the fetch service makes a second one for sources without ranged reads)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.total: int | None = None  # None: not counted yet (or something happened it cannot follow)
+        self.counted_at = 0.0
+        self.walks = 0
+
+    def add(self, delta: int) -> None:
+        with self.lock:
+            if self.total is not None:
+                self.total += delta
+
+
+_usages: dict[str, _Usage] = {}
+_usages_lock = threading.Lock()
+
+
+def _usage_of(root: Path) -> _Usage:
+    with _usages_lock:
+        return _usages.setdefault(os.path.abspath(root), _Usage())
+
+
 class ArtifactCache:
     """A cache folder shared by every deployment on a node. Safe to use from
     several threads and several processes at once (flock-based)."""
 
-    def __init__(self, root: Path, *, chunk_size: int = 16 * MiB, parallel: int = 8) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        chunk_size: int = 16 * MiB,
+        parallel: int = 8,
+        recount_seconds: float = RECOUNT_SECONDS,
+        partial_max_age: float = PARTIAL_MAX_AGE,
+    ) -> None:
         if chunk_size < 1 or parallel < 1:
             raise ValueError("chunk_size and parallel must be positive")
         self.root = Path(root)
         self.chunk_size = chunk_size
         self.parallel = parallel
+        self.recount_seconds = recount_seconds
+        self.partial_max_age = partial_max_age
+        self._usage = _usage_of(self.root)
 
     # Layout ---------------------------------------------------------------
 
@@ -57,7 +101,12 @@ class ArtifactCache:
         return self.artifact_path(key).is_dir()
 
     def _ensure_layout(self) -> None:
-        layout.ensure(self)
+        if layout.version(self.root) != layout.VERSION:
+            older = any((self.root / sub).exists() for sub in ("blobs", "artifacts", "partial"))
+            layout.ensure(self)
+            if older:
+                with self._usage.lock:
+                    self._usage.total = None  # moving up deleted and copied files: count again
 
     def lock_path(self, name: str) -> Path:
         return self.root / "locks" / f"{name}.lock"
@@ -120,8 +169,10 @@ class ArtifactCache:
         names a file on this host to copy instead of reading `read` (never linked:
         the cache keeps its own copy). Raises FetchError (checksum or size
         mismatch, disk full), FetchCancelled (from `progress`), ValueError (bad
-        key or paths), or whatever `read` raises; partial files stay for a later
-        resume except after a mismatch, which deletes them.
+        key or paths), or whatever `read` raises. A fetch that fails or is
+        cancelled deletes the partial files it was writing before it raises;
+        only a process that goes down (killed, or SystemExit/KeyboardInterrupt)
+        leaves them, and the next fetch of the same content resumes them.
         """
         check_key(key)
         check_files(files)
@@ -184,6 +235,7 @@ class ArtifactCache:
         staging = key_staging / uuid.uuid4().hex
         staging.mkdir(parents=True)
         jobs = plan(self, key, wanted, read, local_file, scope)
+        failed = False
         try:
             with self.gc_lock(shared=True):
                 missing = [job for job in jobs if not self.link_cached(job, staging, run)]
@@ -196,11 +248,21 @@ class ArtifactCache:
                 os.rename(final, old)
             os.rename(staging, final)
             if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+                self._delete_folder(old)
                 self._collect_garbage()
+        except OSError as exc:
+            failed = True
+            if disk.is_disk_full(exc):  # a record, a folder, a link: what partial.py does not already name
+                raise disk_full(self.root, f"the artifact {key}") from None
+            raise
+        except Exception:
+            failed = True
+            raise
         finally:
+            # A failed or cancelled fetch deletes its partial files: nothing will resume them, and a fetch asked
+            # for again starts over. A process going down (KeyboardInterrupt, SystemExit) keeps them, as a kill does.
             for job in jobs:
-                job.close()
+                job.close(keep=not failed)
             shutil.rmtree(key_staging, ignore_errors=True)
         run.tick(force=True)
         unverified = sorted(path for job in jobs if job.unverified for path in job.paths)
@@ -260,6 +322,8 @@ class ArtifactCache:
             os.link(job.partial, blob)  # never replaces: a blob another fetch stored just now stays as it is
         except FileExistsError:
             pass  # the same bytes, by their sha256: keep one copy
+        else:
+            self._usage.add(disk.usage(os.stat(blob)))
         os.unlink(job.partial)
         job.forget_sidecar()
         mark = self._scope_mark(sha256, job.scope)
@@ -271,20 +335,86 @@ class ArtifactCache:
     # Disk accounting and removal ------------------------------------------
 
     def usage_bytes(self) -> int:
-        """Returns the bytes the cache holds on disk (blobs, partial files, artifact folders), each inode once."""
-        seen: dict[tuple[int, int], int] = {}
-        for sub in ("blobs", "partial", "artifacts", "staging"):
-            for _, st in disk.walk(self.root / sub):
-                seen[(st.st_dev, st.st_ino)] = disk.usage(st)
-        return sum(seen.values())
+        """Returns the bytes the cache holds on disk (blobs, partial files, artifact folders), each inode once.
+
+        The node reports this every heartbeat, so it does not walk the cache: only partial/ (the few files being
+        downloaded, which grow by the chunk) is listed; the rest is a running total that storing a blob and
+        deleting blobs and folders adjust. It is counted by a walk of the whole cache on the first call in this
+        process (a node agent's start) and again every `recount_seconds`, since another process or a person
+        may change the folder behind this one's back; each walk also tidies (see tidy)."""
+        usage = self._usage
+        with usage.lock:
+            due = usage.total is None or time.monotonic() - usage.counted_at > self.recount_seconds
+        if due:
+            self.recount()
+        with usage.lock:
+            total = usage.total or 0
+        return total + self._partial_bytes()
+
+    @property
+    def usage_walks(self) -> int:
+        """How many times this process walked the whole cache to count its usage."""
+        return self._usage.walks
+
+    def recount(self) -> int:
+        """Tidies the cache, walks it, and makes the walk's count the running usage total; returns the total
+        (without partial files)."""
+        self.tidy()
+        usage = self._usage
+        with usage.lock:  # a blob stored meanwhile waits, so that it is neither lost nor counted twice
+            seen: dict[tuple[int, int], int] = {}
+            for sub in ("blobs", "artifacts", "staging"):
+                for _, st in disk.walk(self.root / sub):
+                    seen[(st.st_dev, st.st_ino)] = disk.usage(st)
+            usage.total = sum(seen.values())
+            usage.counted_at = time.monotonic()
+            usage.walks += 1
+            return usage.total
+
+    def _partial_bytes(self) -> int:
+        return sum(disk.usage(st) for _, st in disk.walk(self.root / "partial"))
+
+    def tidy(self) -> int:
+        """Deletes what nothing will use again, each file under its own lock so that nothing in use is touched:
+        partial files nobody wrote for `partial_max_age` (with their sidecars), and the lock files of blobs and
+        artifact keys that are gone (a lock file is made for every content and key ever fetched, and would
+        otherwise pile up). Returns how many files it deleted."""
+        removed = 0
+        partial = self.root / "partial"
+        for part in list(partial.glob("*.part")):
+            lock = FileLock(self.lock_path(f"blob.{part.name.removesuffix('.part')}"))
+            if not self._abandoned(part) or not lock.try_acquire():
+                continue
+            try:
+                if self._abandoned(part):  # a fetch may have resumed it just before we got the lock
+                    for path in (part, part.with_name(f"{part.name}.json")):
+                        with suppress(FileNotFoundError):
+                            path.unlink()
+                            removed += 1
+            finally:
+                lock.release()
+        for path in list((self.root / "locks").glob("*.lock")):
+            name = path.name.removesuffix(".lock")
+            if name.startswith("blob."):
+                guarded = [partial / f"{name.removeprefix('blob.')}.part"]
+            elif name.startswith("artifact."):
+                key = name.removeprefix("artifact.")
+                guarded = [self.root / "artifacts" / key, self.root / "staging" / key]
+            else:
+                continue  # gc.lock guards the whole cache
+            if FileLock(path).remove_if_free(lambda guarded=guarded: not any(p.exists() for p in guarded)):
+                removed += 1
+        return removed
+
+    def _abandoned(self, part: Path) -> bool:
+        try:
+            return time.time() - part.stat().st_mtime > self.partial_max_age
+        except FileNotFoundError:
+            return False
 
     def free_bytes(self) -> int:
         """Returns the bytes an unprivileged process may still write on the cache's file system."""
-        where = self.root
-        while not where.exists() and where != where.parent:
-            where = where.parent
-        st = os.statvfs(where)
-        return st.f_bavail * st.f_frsize
+        return disk.free_bytes(self.root)
 
     def artifact_bytes(self, key: str) -> int:
         """Returns the disk bytes removing this artifact would free: its files that no other artifact links
@@ -321,12 +451,21 @@ class ArtifactCache:
             os.rename(final, trash)  # the artifact disappears at once, never half-removed
             with suppress(FileNotFoundError):
                 self._record_path(key).unlink()
-            # Files no blob holds (should not exist, but a crash could leave some) are freed with the folder.
-            freed = sum(disk.usage(st) for st, count in _inode_counts(trash).values() if st.st_nlink == count)
+            freed = self._delete_folder(trash)
             shutil.rmtree(key_staging, ignore_errors=True)
             return freed + self._collect_garbage()
         finally:
             lock.release()
+            lock.remove_if_free(lambda: not final.exists() and not (self.root / "staging" / key).exists())
+
+    def _delete_folder(self, folder: Path) -> int:
+        """Deletes an artifact folder taken out of artifacts/; returns the bytes freed with it: files no blob
+        holds (there should be none, but a crash or layout 1 could leave some). The blobs it linked stay until
+        garbage collection."""
+        freed = sum(disk.usage(st) for st, count in _inode_counts(folder).values() if st.st_nlink == count)
+        shutil.rmtree(folder, ignore_errors=True)
+        self._usage.add(-freed)
+        return freed
 
     def _referenced(self, *, exclude: Path | None = None) -> set[tuple[int, int]]:
         """Returns the inodes linked from artifact folders and staging folders (except `exclude`)."""
@@ -365,11 +504,13 @@ class ArtifactCache:
                 for name in names:
                     with suppress(FileNotFoundError):
                         name.unlink()
+                self._usage.add(-disk.usage(st))  # gone from the cache's folders, whoever else still links it
                 if st.st_nlink == len(names):  # otherwise a link outside the cache keeps the bytes
                     freed += disk.usage(st)
             for marks in list((self.root / "records" / "blobs").glob("*")):
                 if not self.blob_path(marks.name).exists():
                     shutil.rmtree(marks, ignore_errors=True)
+            self.tidy()
             return freed
 
 

@@ -30,16 +30,24 @@ class SourceBroken(Exception):
 
 
 class MemorySource:
-    """A RangeReader over in-memory files that counts what it hands out; it can be slowed down, and made to
-    break after a number of bytes."""
+    """A RangeReader over in-memory files that counts what it hands out; it can be slowed down, made to break
+    after a number of bytes, or to take the process down (SystemExit, as a worker's shutdown raises: the
+    fetch is interrupted as by a kill, leaving its partial files to resume)."""
 
     def __init__(
-        self, files: dict[str, bytes], *, piece: int = 64 * KiB, delay: float = 0.0, fail_after: int | None = None
+        self,
+        files: dict[str, bytes],
+        *,
+        piece: int = 64 * KiB,
+        delay: float = 0.0,
+        fail_after: int | None = None,
+        down_after: int | None = None,
     ) -> None:
         self.files = files
         self.piece = piece
         self.delay = delay
         self.fail_after = fail_after
+        self.down_after = down_after
         self.bytes_read = 0
         self.calls = 0
         self._lock = threading.Lock()
@@ -53,6 +61,8 @@ class MemorySource:
             with self._lock:
                 if self.fail_after is not None and self.bytes_read >= self.fail_after:
                     raise SourceBroken("connection reset by peer")
+                if self.down_after is not None and self.bytes_read >= self.down_after:
+                    raise SystemExit(1)
                 piece = data[pos : min(end, pos + self.piece)]
                 self.bytes_read += len(piece)
             if not piece:
@@ -250,42 +260,10 @@ def test_an_artifact_that_lost_a_file_is_rebuilt_from_the_blobs(cache):
 # Interruptions ------------------------------------------------------------------
 
 
-def test_a_fetch_broken_by_the_source_resumes_where_it_stopped(cache):
-    data = os.urandom(2 * MiB)
-    files = [wanted("model.bin", data)]
-    broken = MemorySource({"model.bin": data}, fail_after=MiB)
-
-    with pytest.raises(SourceBroken):  # the source's own error, untouched
-        cache.fetch("flaky", files, broken)
-
-    assert not cache.has_artifact("flaky")
-    assert blob_files(cache.root) == []
-    assert partial_files(cache.root)
-    report = cache.fetch("flaky", files, MemorySource({"model.bin": data}))
-    assert report.bytes_transferred < len(data)
-    assert report.bytes_transferred + report.bytes_reused == len(data)
-    assert sha256((report.path / "model.bin").read_bytes()) == sha256(data)
-    assert partial_files(cache.root) == []
-
-
-def test_a_resume_keeps_the_chunking_of_the_interrupted_run(cache):
-    data = os.urandom(2 * MiB)
-    with pytest.raises(SourceBroken):
-        cache.fetch("rechunked", [wanted("model.bin", data)], MemorySource({"model.bin": data}, fail_after=MiB))
-    bigger = ArtifactCache(cache.root, chunk_size=MiB, parallel=2)
-
-    report = bigger.fetch("rechunked", [wanted("model.bin", data)], MemorySource({"model.bin": data}))
-
-    assert report.bytes_transferred < len(data)
-    assert sha256((report.path / "model.bin").read_bytes()) == sha256(data)
-
-
-def test_a_fetch_killed_mid_way_resumes_without_downloading_everything_again(tmp_path):
-    data = os.urandom(8 * MiB)
-    source_file = tmp_path / "source.bin"
+def kill_mid_fetch(root: Path, data: bytes, *, key: str, chunk: int, source_file: Path, chunks: int = 4) -> int:
+    """Runs a fetch of `data` (as model.bin) in a child process with a slow source, SIGKILLs it once its sidecar
+    records `chunks` chunks on disk, and returns how many the sidecar records: what a killed node agent leaves."""
     source_file.write_bytes(data)
-    root = tmp_path / "cache"
-    chunk = 512 * KiB
     child = textwrap.dedent(
         f"""
         import sys, time
@@ -307,7 +285,7 @@ def test_a_fetch_killed_mid_way_resumes_without_downloading_everything_again(tmp
                     yield data
 
         files = [cache.Wanted("model.bin", {len(data)}, {sha256(data)!r}, "sha256")]
-        cache.ArtifactCache(Path({str(root)!r}), chunk_size={chunk}, parallel=2).fetch("crash", files, read)
+        cache.ArtifactCache(Path({str(root)!r}), chunk_size={chunk}, parallel=2).fetch({key!r}, files, read)
         """
     )
     process = subprocess.Popen([sys.executable, "-c", child], cwd=REPO)
@@ -319,7 +297,7 @@ def test_a_fetch_killed_mid_way_resumes_without_downloading_everything_again(tmp
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                if len(json.loads(sidecar().read_text())["done"]) >= 4:
+                if len(json.loads(sidecar().read_text())["done"]) >= chunks:
                     break
             except (OSError, ValueError, StopIteration):
                 pass
@@ -329,13 +307,47 @@ def test_a_fetch_killed_mid_way_resumes_without_downloading_everything_again(tmp
     finally:
         process.kill()
         process.wait()
+    return len(json.loads(sidecar().read_text())["done"])
+
+
+def test_a_fetch_broken_by_the_source_removes_its_partial_file(cache):
+    data = os.urandom(2 * MiB)
+    files = [wanted("model.bin", data)]
+    broken = MemorySource({"model.bin": data}, fail_after=MiB)
+
+    with pytest.raises(SourceBroken):  # the source's own error, untouched
+        cache.fetch("flaky", files, broken)
+
+    assert not cache.has_artifact("flaky")
+    assert blob_files(cache.root) == []
+    assert list((cache.root / "partial").iterdir()) == [], "a failed fetch leaves nothing to resume"
+    report = cache.fetch("flaky", files, MemorySource({"model.bin": data}))
+    assert report.bytes_transferred == len(data)
+    assert sha256((report.path / "model.bin").read_bytes()) == sha256(data)
+
+
+def test_a_resume_keeps_the_chunking_of_the_killed_run(tmp_path):
+    data = os.urandom(4 * MiB)
+    root = tmp_path / "cache"
+    kill_mid_fetch(root, data, key="rechunked", chunk=256 * KiB, source_file=tmp_path / "source.bin")
+    bigger = ArtifactCache(root, chunk_size=MiB, parallel=2)
+
+    report = bigger.fetch("rechunked", [wanted("model.bin", data)], MemorySource({"model.bin": data}))
+
+    assert report.bytes_transferred < len(data)
+    assert sha256((report.path / "model.bin").read_bytes()) == sha256(data)
+
+
+def test_a_fetch_killed_mid_way_resumes_without_downloading_everything_again(tmp_path):
+    data = os.urandom(8 * MiB)
+    root = tmp_path / "cache"
+    chunk = 512 * KiB
+
+    recorded = kill_mid_fetch(root, data, key="crash", chunk=chunk, source_file=tmp_path / "source.bin")
 
     assert not (root / "artifacts" / "crash").exists()
-    for blob in blob_files(root):  # nothing partial under a final name
-        assert blob.parent.name == "sha256" and sha256(blob.read_bytes()) == blob.name
-    assert blob_files(root) == []
-    recorded = len(json.loads(sidecar().read_text())["done"])
-
+    assert blob_files(root) == [], "nothing partial under a final name"
+    assert partial_files(root), "a killed fetch leaves its partial file to resume from"
     source = MemorySource({"model.bin": data})
     report = ArtifactCache(root, chunk_size=chunk, parallel=2).fetch("crash", [wanted("model.bin", data)], source)
 
@@ -345,7 +357,20 @@ def test_a_fetch_killed_mid_way_resumes_without_downloading_everything_again(tmp
     assert partial_files(root) == []
 
 
-def test_cancelling_from_progress_stops_promptly_and_a_later_fetch_resumes(cache):
+def test_a_process_going_down_keeps_its_partial_file_as_a_kill_does(cache):
+    data = os.urandom(2 * MiB)
+    files = [wanted("model.bin", data)]
+
+    with pytest.raises(SystemExit):
+        cache.fetch("stopped", files, MemorySource({"model.bin": data}, down_after=MiB))
+
+    assert partial_files(cache.root)
+    report = cache.fetch("stopped", files, MemorySource({"model.bin": data}))
+    assert report.bytes_transferred < len(data)
+    assert sha256((report.path / "model.bin").read_bytes()) == sha256(data)
+
+
+def test_cancelling_from_progress_stops_promptly_and_removes_the_partial_file(cache):
     data = os.urandom(2 * MiB)
     files = [wanted("model.bin", data)]
     cancelled_at = []
@@ -364,10 +389,10 @@ def test_cancelling_from_progress_stops_promptly_and_a_later_fetch_resumes(cache
 
     assert stopped_at - cancelled_at[0] < 1.0
     assert slow.bytes_read == bytes_when_stopped  # no thread is still reading
-    assert partial_files(cache.root)
+    assert list((cache.root / "partial").iterdir()) == []
     assert not cache.has_artifact("cancelled")
     report = cache.fetch("cancelled", files, MemorySource({"model.bin": data}))
-    assert report.bytes_transferred < len(data)
+    assert report.bytes_transferred == len(data)
     assert sha256((report.path / "model.bin").read_bytes()) == sha256(data)
 
 
@@ -433,15 +458,17 @@ def test_a_fetch_that_cannot_fit_on_disk_is_refused_before_transferring(cache):
     assert partial_files(cache.root) == []
 
 
-def test_the_space_check_counts_chunks_already_downloaded(cache, monkeypatch):
-    data = os.urandom(2 * MiB)
-    with pytest.raises(SourceBroken):
-        cache.fetch("tight", [wanted("model.bin", data)], MemorySource({"model.bin": data}, fail_after=MiB))
-    monkeypatch.setattr(ArtifactCache, "free_bytes", lambda self: store.SPACE_MARGIN + MiB + MiB // 2)
+def test_the_space_check_counts_chunks_a_killed_fetch_left(tmp_path, monkeypatch):
+    data = os.urandom(4 * MiB)
+    root = tmp_path / "cache"
+    recorded = kill_mid_fetch(root, data, key="tight", chunk=256 * KiB, source_file=tmp_path / "source.bin")
+    left = len(data) - recorded * 256 * KiB
+    monkeypatch.setattr(ArtifactCache, "free_bytes", lambda self: store.SPACE_MARGIN + left)
 
+    cache = ArtifactCache(root, chunk_size=256 * KiB, parallel=2)
     report = cache.fetch("tight", [wanted("model.bin", data)], MemorySource({"model.bin": data}))
 
-    assert report.bytes_transferred <= MiB + MiB // 2
+    assert report.bytes_transferred <= left
 
 
 def test_a_full_disk_while_writing_becomes_a_fetch_error(cache, monkeypatch):
@@ -451,8 +478,11 @@ def test_a_full_disk_while_writing_becomes_a_fetch_error(cache, monkeypatch):
     monkeypatch.setattr(os, "pwrite", full)
     data = os.urandom(300 * KiB)
 
-    with pytest.raises(FetchError, match="is full"):
+    with pytest.raises(FetchError, match="Disk full") as failure:
         cache.fetch("full", [wanted("model.bin", data)], MemorySource({"model.bin": data}))
+
+    assert str(cache.root) in str(failure.value) and " free, too little to write model.bin" in str(failure.value)
+    assert list((cache.root / "partial").iterdir()) == []
 
 
 @pytest.mark.parametrize("key", ["", "..", "../escape", "a/b", "a..b", ".hidden"])

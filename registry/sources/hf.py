@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import httpcore2
 import httpx2
@@ -21,15 +23,66 @@ from huggingface_hub.utils import build_hf_headers, get_session, validate_repo_i
 
 from config.vault import unseal
 from registry.sources import network
-from registry.sources.base import CHUNK, RemoteFile, Source, SourceError, error_code
+from registry.sources.base import (
+    CHUNK,
+    RemoteFile,
+    Source,
+    SourceError,
+    StallGuard,
+    StallLimits,
+    current_guard,
+    error_code,
+    guarding,
+    read_timed_out,
+)
 
 PUBLIC_HUB = "https://huggingface.co"
+
+
+class _GuardedStream(httpcore2.NetworkStream):
+    """A connection whose reads are counted by the stall guard of the stream this thread reads, if any
+    (HubSource.stream_range), the status line and headers included."""
+
+    def __init__(self, stream: httpcore2.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        guard = current_guard()
+        began = time.monotonic()
+        data = self._stream.read(max_bytes, timeout)
+        if guard is not None:
+            guard.took(len(data), time.monotonic() - began)
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> _GuardedStream:
+        return _GuardedStream(self._stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str):
+        return self._stream.get_extra_info(info)
+
+
+def _guarded(pieces: Iterator[bytes], guard: StallGuard) -> Iterator[bytes]:
+    """Yields `pieces`, each produced with `guard` counting this thread's reads (and only while it is made:
+    the consumer's own reads between pieces are not this stream's)."""
+    while True:
+        with guarding(guard):
+            data = next(pieces, None)
+        if data is None:
+            return
+        yield data
 
 
 class _CheckedBackend(httpcore2.SyncBackend):
     """httpcore's own backend, connecting through addresses network.py checked (never a second lookup).
     TLS still verifies the certificate for, and sends SNI of, the host name: httpcore takes those from
-    the request's origin, not from the socket."""
+    the request's origin, not from the socket. Its connections read through the stall guard of a download
+    (_GuardedStream)."""
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         try:
@@ -39,7 +92,8 @@ class _CheckedBackend(httpcore2.SyncBackend):
         error = httpcore2.ConnectError(f"{host} resolves to no address")
         for address in addresses:
             try:
-                return super().connect_tcp(str(address), port, timeout, local_address, socket_options)
+                stream = super().connect_tcp(str(address), port, timeout, local_address, socket_options)
+                return _GuardedStream(stream)
             except httpcore2.ConnectError as exc:
                 error = exc
         raise error
@@ -230,13 +284,18 @@ class HubSource(Source):
             self.repo_id, path, revision=self.commit or self.revision, endpoint=endpoint_of(self.connection)
         )
         headers = build_hf_headers(token=self.api.token) | {"Range": f"bytes={start}-{end - 1}"}
-        return get_session().stream(
-            "GET", url, headers=headers, follow_redirects=True, timeout=settings.PLUGBOARD_SOURCE_TIMEOUT
-        )
+        # Connecting is bounded like every call to the hub; a body's reads by the downloads' own read timeout.
+        timeout = httpx2.Timeout(settings.PLUGBOARD_SOURCE_TIMEOUT, read=settings.PLUGBOARD_FETCH_READ_TIMEOUT)
+        return get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=timeout)
 
     def stream_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
+        limits = StallLimits.from_settings()
+        what = f"{path} of {self.repo_id} from {endpoint_of(self.connection)}"
+        guard = StallGuard(what, limits)
         try:
-            with self._ranged_get(path, start, end) as response:
+            with ExitStack() as stack:
+                with guarding(guard):  # the request, its status line and its headers
+                    response = stack.enter_context(self._ranged_get(path, start, end))
                 if response.status_code == 404:
                     raise SourceError(f"{path} is missing from {self.repo_id} on {endpoint_of(self.connection)}.")
                 if response.status_code not in (200, 206):
@@ -245,7 +304,7 @@ class HubSource(Source):
                     )
                 # A server that ignores Range (some mirrors do) sends the whole file: skip to `start`, stop at `end`.
                 position = start if response.status_code == 206 else 0
-                for data in response.iter_bytes(CHUNK):
+                for data in _guarded(response.iter_bytes(CHUNK), guard):
                     self.bytes_read += len(data)
                     if position + len(data) > start:
                         yield data[max(0, start - position) : end - position]
@@ -254,6 +313,8 @@ class HubSource(Source):
                         break
         except SourceError:
             raise
+        except httpx2.ReadTimeout:
+            raise read_timed_out(what, limits) from None
         except Exception as exc:
             raise describe_error(exc, self.connection, repo_id=self.repo_id) from None
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
+import io
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,10 +31,22 @@ from botocore.exceptions import (
 from django.conf import settings
 from urllib3.exceptions import ConnectTimeoutError as URLLib3ConnectTimeoutError
 from urllib3.exceptions import NameResolutionError, NewConnectionError
+from urllib3.exceptions import ReadTimeoutError as URLLib3ReadTimeoutError
 
 from config.vault import unseal
 from registry.sources import network
-from registry.sources.base import CHUNK, RemoteFile, Source, SourceError, error_code
+from registry.sources.base import (
+    CHUNK,
+    RemoteFile,
+    Source,
+    SourceError,
+    StallGuard,
+    StallLimits,
+    current_guard,
+    error_code,
+    guarding,
+    read_timed_out,
+)
 
 # Under SSE-KMS, S3's ETag is not the MD5 of the object's bytes: it still tells
 # a changed object from the one registered, but cannot verify a download.
@@ -59,9 +74,47 @@ def _ca_bundle_path(pem: str) -> str:
     return str(path)
 
 
+class _GuardedReads(io.RawIOBase):
+    """A response's socket reads, each counted by the stall guard of the stream it belongs to."""
+
+    def __init__(self, raw: io.RawIOBase, guard: StallGuard) -> None:
+        super().__init__()
+        self.raw = raw
+        self.guard = guard
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int | None:
+        began = time.monotonic()
+        n = self.raw.readinto(buffer)
+        self.guard.took(n or 0, time.monotonic() - began)
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class _GuardedResponse(http.client.HTTPResponse):
+    """http.client's response, whose reads of the status line, the headers and the body are counted by the
+    stall guard of the stream being read in this thread (S3Source.stream_range), if any: a store that drips
+    its headers a byte at a time is cut as one that drips its body."""
+
+    def __init__(self, sock, *args, **kwargs) -> None:
+        super().__init__(sock, *args, **kwargs)
+        guard = current_guard()
+        if guard is not None:
+            self.fp.close()  # only this reader: the socket stays open
+            self.fp = io.BufferedReader(_GuardedReads(sock.makefile("rb", buffering=0), guard))
+
+
 class _CheckedConnection:
     """urllib3's _new_conn with its lookup and connect replaced by network.connect, so the address checked
-    is the address connected to. TLS still verifies the certificate for, and sends SNI of, the host name."""
+    is the address connected to. TLS still verifies the certificate for, and sends SNI of, the host name.
+    Its responses read through the stall guard of a download (_GuardedResponse)."""
+
+    response_class = _GuardedResponse
 
     def _new_conn(self) -> socket.socket:
         try:
@@ -101,9 +154,13 @@ def _check_every_connection(client) -> None:
     client._endpoint.http_session._pool_classes_by_scheme.update(http=_CheckedHTTPPool, https=_CheckedHTTPSPool)
 
 
-def client_for(connection, *, max_pool: int = 10):
+def client_for(connection, *, max_pool: int = 10, read_timeout: float | None = None, attempts: int = 3, session=None):
     """Returns a boto3 S3 client configured from `connection` (endpoint, region,
-    addressing style, TLS verification or a private CA, credentials)."""
+    addressing style, TLS verification or a private CA, credentials). Its sockets
+    wait `read_timeout` seconds for a byte (PLUGBOARD_SOURCE_TIMEOUT by default);
+    a request that fails in a way botocore deems transient is sent `attempts` times.
+    A client made with the `session` of an earlier one is made in milliseconds
+    instead of most of a second (the session keeps the service's model loaded)."""
     secrets = unseal(connection.encrypted_secrets)
     own_keys = bool(secrets.get("access_key_id") and secrets.get("secret_access_key"))
     verify: bool | str = connection.verify_tls
@@ -113,14 +170,15 @@ def client_for(connection, *, max_pool: int = 10):
     config = Config(
         s3={"addressing_style": connection.addressing_style or "path"},
         connect_timeout=timeout,
-        read_timeout=timeout,
-        retries={"max_attempts": 2, "mode": "standard"},
+        read_timeout=read_timeout or timeout,
+        # total_max_attempts counts the first request; botocore's max_attempts counts only the retries.
+        retries={"total_max_attempts": attempts, "mode": "standard"},
         max_pool_connections=max_pool,
         # Without keys of its own a connection reads anonymously, never with the console's own credentials
         # (an instance role, AWS_* variables, ~/.aws), unless an administrator allowed that for it.
         signature_version="s3v4" if own_keys or connection.use_ambient_credentials else UNSIGNED,
     )
-    client = boto3.session.Session().client(
+    client = (session or boto3.session.Session()).client(
         "s3",
         endpoint_url=connection.endpoint_url or None,
         region_name=connection.region or "us-east-1",
@@ -257,7 +315,16 @@ class S3Source(Source):
         self.connection = connection
         self.bucket = connection.bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self.client = client_for(connection)
+        session = boto3.session.Session()  # shared: the second client is then made in milliseconds
+        self.client = client_for(connection, session=session)
+        # The client for object bodies: its read timeout is the downloads' own (PLUGBOARD_FETCH_READ_TIMEOUT), and
+        # it asks once. botocore counts a read timeout as transient and asks again (three times in all, as
+        # measured against a silent store), so a store that went silent before answering would hold a fetch
+        # thread three read timeouts instead of one; a body's reads were never retried anyway, and a failed fetch
+        # is asked for again as a whole. Made here, not on first use: the fetch's threads would race to make it.
+        self.stream_client = client_for(
+            connection, read_timeout=settings.PLUGBOARD_FETCH_READ_TIMEOUT, attempts=1, session=session
+        )
 
     def resolve(self) -> tuple[str, list[RemoteFile]]:
         paths = []
@@ -279,13 +346,19 @@ class S3Source(Source):
 
     def stream_range(self, path: str, start: int, end: int) -> Iterator[bytes]:
         key = self.prefix + path
+        limits = StallLimits.from_settings()
+        what = f"s3://{self.bucket}/{key} from {self.connection.endpoint_url or 'AWS S3'}"
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+            # The response takes the guard when it is made; its body's reads stay counted after this block.
+            with guarding(StallGuard(what, limits)):
+                response = self.stream_client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")
             for data in response["Body"].iter_chunks(CHUNK):
                 self.bytes_read += len(data)
                 yield data
         except SourceError:
             raise
+        except (ReadTimeoutError, URLLib3ReadTimeoutError):
+            raise read_timed_out(what, limits) from None
         except Exception as exc:
             raise describe_error(exc, self.connection, key=key) from None
 
