@@ -1,9 +1,12 @@
 """A model server's log as people read it: the end of the file, read without
 loading the rest; the console's own checks hidden; the deployment's key masked;
-searched. No Django: the deployment page, its download and the API call these."""
+searched. And kept bounded on the node: rotated by size while the server writes
+it. No Django: the deployment page, its download, the API and the supervisor
+call these."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections import deque
@@ -55,19 +58,35 @@ def split_lines(data: bytes) -> list[str]:
     return [line.decode(errors="replace") for line in data.splitlines()]
 
 
-def read_tail(path: str, max_bytes: int) -> Tail:
-    """Returns the whole lines of the last `max_bytes` of the file at `path`, reading
-    nothing before them; raises OSError when the file cannot be read."""
+def _read_end(path: str, max_bytes: int) -> tuple[bytes, int]:
+    """Returns (the last `max_bytes` of the file at `path` with the byte before them, where they start)."""
     with open(path, "rb") as f:
         size = f.seek(0, os.SEEK_END)
         start = max(0, size - max_bytes)
         # One byte before the cut says whether the cut falls on a line's start.
         f.seek(max(0, start - 1))
-        data = f.read(size - f.tell())
+        return f.read(size - f.tell()), start
+
+
+def read_tail(path: str, max_bytes: int) -> Tail:
+    """Returns the whole lines of the last `max_bytes` of the log at `path`, reading nothing before
+    them; raises OSError when the file cannot be read. A log rotated a moment ago (see `rotate`) is
+    short: the rest of those bytes come from the end of `path`.1, so a crash's last lines and the
+    viewer's page do not vanish with a rotation."""
+    data, start = _read_end(path, max_bytes)
+    older = False  # whether an older file holds lines before all of these
+    if start == 0 and len(data) < max_bytes:
+        try:
+            earlier, start = _read_end(f"{path}.1", max_bytes - len(data))
+        except OSError:
+            pass
+        else:
+            data = earlier + data
+            older = start == 0 and os.path.exists(f"{path}.2")
     if start > 0:
         newline = data.find(b"\n")
-        data = data[newline + 1 :] if newline >= 0 else data
-    return Tail(lines=split_lines(data), cut=start > 0)
+        data = data[newline + 1 :] if newline >= 0 else data[1:]  # (one line longer than all that is read)
+    return Tail(lines=split_lines(data), cut=start > 0 or older)
 
 
 @dataclass(frozen=True)
@@ -147,8 +166,97 @@ def masked_chunks(f: BinaryIO, *, size: int, secrets: Iterable[str], chunk: int 
             yield pending
 
 
+def rotated(path: str) -> list[str]:
+    """Returns the files the log at `path` was rotated into (`path`.1, `path`.2, …), oldest first."""
+    folder, name = os.path.split(path)
+    try:
+        numbers = [
+            int(entry.name[len(name) + 1 :])
+            for entry in os.scandir(folder or ".")
+            if entry.name.startswith(name + ".") and entry.name[len(name) + 1 :].isdigit()
+        ]
+    except OSError:
+        return []
+    return [f"{path}.{n}" for n in sorted(numbers, reverse=True)]
+
+
 def stream(path: str, *, secrets: Iterable[str]) -> Iterator[bytes]:
-    """Returns the chunks of the whole file at `path` as it is now, secrets masked,
-    never more than a chunk in memory; raises OSError at once when it cannot be read."""
-    f = open(path, "rb")  # noqa: SIM115 (masked_chunks closes it, also when the download is abandoned)
-    return masked_chunks(f, size=os.fstat(f.fileno()).st_size, secrets=list(secrets))
+    """Returns the chunks of the whole log at `path` as it is now, the files it was rotated into
+    first, secrets masked, never more than a chunk in memory; raises OSError at once when the
+    log itself cannot be read. Every file is opened now: a rotation while the download runs
+    renames them, and an open file follows its content."""
+    secrets = list(secrets)
+    files = []
+    for name in rotated(path):
+        try:
+            files.append(open(name, "rb", opener=_no_link))  # noqa: SIM115 (masked_chunks closes it)
+        except OSError:
+            continue  # gone meanwhile: rotated past the number kept
+    try:
+        files.append(open(path, "rb"))  # noqa: SIM115 (masked_chunks closes it, also when the download is abandoned)
+    except OSError:
+        for f in files:
+            f.close()
+        raise
+    # Each file's size now, as the list is made: a server still writing does not make the download endless.
+    return itertools.chain.from_iterable([
+        masked_chunks(f, size=os.fstat(f.fileno()).st_size, secrets=secrets) for f in files
+    ])  # fmt: skip
+
+
+def _no_link(name: str, flags: int) -> int:
+    return os.open(name, flags | os.O_NOFOLLOW)
+
+
+def _copy(source: int, target: int) -> int:
+    """Copies what is left of `source` from its offset to `target` until it reads nothing more; returns the bytes."""
+    copied = 0
+    while block := os.read(source, CHUNK_BYTES * 16):
+        os.write(target, block)
+        copied += len(block)
+    return copied
+
+
+def rotate(path: str, *, max_bytes: int, keep: int) -> int | None:
+    """When the log at `path` is larger than `max_bytes`, moves its content to `path`.1 (the older
+    `path`.1 … become .2 …, those past `keep` go) and empties it in place; returns the bytes moved,
+    or None when it was not due (or there is no such log).
+
+    Copy-truncate, because the server holds the log open as its stdout and must never stop for it:
+    it was opened with O_APPEND (supervisor.log_open), so after the truncation the server's next
+    write lands at the new end, not at its old offset. What it writes between the copy's last read
+    (which found nothing more) and the truncation is lost, and a write under way then may leave its
+    line cut at the end of `path`.1: that window is one read and one ftruncate call (measured in
+    deployments/tests/test_logs.py: about one line in 40 rotations of a log written at 5,000 lines
+    a second). Safe for an agent that dies at any point: the copy is renamed into place before the
+    truncation, so a rotation cut short leaves lines twice, never lost."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size <= max_bytes:
+            return None
+        if keep < 1:
+            os.ftruncate(fd, 0)
+            return 0
+        for older in rotated(path):  # oldest first, so that each moves to a free number
+            n = int(older.rpartition(".")[2])
+            if n >= keep:
+                os.unlink(older)
+            else:
+                os.replace(older, f"{path}.{n + 1}")
+        partial = f"{path}.rotating"
+        if os.path.lexists(partial):
+            os.unlink(partial)  # from a rotation cut short: its lines are still in the log
+        out = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            moved = _copy(fd, out)
+            os.replace(partial, f"{path}.1")
+            moved += _copy(fd, out)  # what the server wrote meanwhile, right before the truncation
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(out)
+        return moved
+    finally:
+        os.close(fd)

@@ -99,6 +99,9 @@ class Deployment(SealedEnvironment):
     pid = models.IntegerField(null=True, blank=True)
     # "<boot id>:<start time>" of `pid` (deployments/processes.py): a pid alone may name another process.
     process_identity = models.CharField(max_length=80, blank=True)
+    # Set just before a server is launched and cleared once its pid is recorded: the server carries it in its
+    # environment, so an agent that died between the two finds that server again instead of starting a second.
+    launch_token = models.CharField(max_length=64, blank=True)
     command = models.TextField(blank=True, help_text="The command line, secrets masked.")
     log_path = models.CharField(max_length=500, blank=True)
     log_tail = models.TextField(blank=True)
@@ -159,6 +162,10 @@ class DeploymentAdapter(models.Model):
     served_name = models.CharField(max_length=63)
     state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
     error = models.TextField(blank=True)
+    # Failed fetches of the adapter in a row, and when the last one failed: the next is asked for only after a
+    # backoff (supervisor.fetch_retry_seconds), not at every tick.
+    fetch_failures = models.PositiveIntegerField(default=0)
+    fetch_failed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

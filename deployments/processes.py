@@ -78,3 +78,24 @@ def is_ours(pid: int, recorded: str) -> bool:
         return False  # nothing of a server survives a reboot
     current = identity(pid)
     return current is None or current == recorded
+
+
+def carrying(name: str, value: str) -> list[tuple[int, int]]:
+    """Returns (pid, process group) of every live process whose environment, as it was started, holds
+    `name`=`value` (the launch token a server got, supervisor.LAUNCH_ENV), oldest first. Reads only the
+    processes of this user (another user's environment cannot be read, and is skipped); costs one scan
+    of /proc, so it is for the rare launch an agent died in the middle of."""
+    needle = f"{name}={value}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        fields = _stat(entry.name)
+        if needle in environ and fields is not None and fields[0] != "Z":
+            found.append((int(fields[19]), int(entry.name), int(fields[2])))
+    return [(pid, group) for _, pid, group in sorted(found)]

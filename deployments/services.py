@@ -16,7 +16,7 @@ from django.utils.text import slugify
 from audit.services import audit_record
 from cluster import services as cluster_services
 from cluster.models import Accelerator, Node
-from config import changes
+from config import changes, jobs
 from config.errors import DomainError
 from config.vault import seal
 from deployments import lifecycle, memory, placement, revisions, tasks, vllm_args
@@ -54,7 +54,8 @@ def _nudge(deployment: Deployment) -> None:
 
 def _nudge_node(node: Node) -> None:
     queue = node.queue
-    transaction.on_commit(lambda: tasks.reconcile_now.apply_async(queue=queue, expires=30))
+    # Only a wake-up: the supervisor reconciles every second anyway, so a lost or repeated one is harmless.
+    jobs.send_on_commit(lambda: tasks.reconcile_now.apply_async(queue=queue, expires=30), what=f"a nudge of {node}")
 
 
 # Status changes -------------------------------------------------------------
@@ -102,17 +103,68 @@ def deployment_mark_fetching(*, deployment: Deployment, reason: str) -> Deployme
     return _move(deployment=deployment, to=lifecycle.FETCHING, reason=reason)
 
 
-def deployment_mark_started(
-    *, deployment: Deployment, pid: int, process_identity: str, port: int, command: str, log_path: str, node: Node
+def deployment_mark_launching(
+    *, deployment: Deployment, token: str, port: int, command: str, log_path: str, node: Node
 ) -> Deployment:
-    """The node launched the server; it is starting (or still restarting, if it was)."""
+    """Records, before its process exists, that `node` is launching a server for the deployment's current
+    revision on `port`, which will carry `token` in its environment: an agent that dies before it records
+    the pid (deployment_mark_started) finds that server by the token when it comes back, and adopts or stops
+    it (supervisor.Supervisor.recover_launch) instead of launching a second one. The status stays as it is."""
+    # Only while it should still run and nothing moved it since the supervisor read it: a stop asked for
+    # meanwhile must not be followed by a launch.
+    updated = Deployment.objects.filter(
+        pk=deployment.pk, status=deployment.status, desired=Deployment.Desired.RUNNING
+    ).update(
+        launch_token=token, port=port, command=command, log_path=log_path, launched_revision=deployment.revision,
+        launched_node=node,
+    )  # fmt: skip
+    if updated != 1:
+        raise lifecycle.IllegalTransition(f"Deployment {deployment.name} changed meanwhile; not launched.")
+    deployment.refresh_from_db()
+    return deployment
+
+
+def deployment_mark_started(
+    *,
+    deployment: Deployment,
+    pid: int,
+    process_identity: str,
+    port: int,
+    command: str,
+    log_path: str,
+    node: Node,
+    revision: int | None = None,
+    reason: str = "",
+) -> Deployment:
+    """The node launched (or, after a restart of its agent, found) the server of `revision` (by default the
+    deployment's own); it is starting (or still restarting, if it was). The launch intent is settled."""
     restarting = deployment.status == lifecycle.RESTARTING
     return _move(
         deployment=deployment, to=None if restarting else lifecycle.STARTING,
-        reason=f"Started the server (pid {pid}) on port {port}.", pid=pid, process_identity=process_identity,
-        port=port, started_at=timezone.now(), command=command, log_path=log_path, next_start_at=None,
-        launched_revision=deployment.revision, launched_node=node,
+        reason=reason or f"Started the server (pid {pid}) on port {port}.", always_noted=bool(reason), pid=pid,
+        process_identity=process_identity, port=port, started_at=timezone.now(), command=command,
+        log_path=log_path, next_start_at=None, launched_revision=revision or deployment.revision,
+        launched_node=node, launch_token="",
     )  # fmt: skip
+
+
+def deployment_forget_launch(*, deployment: Deployment, reason: str, noted: bool = True) -> Deployment:
+    """Settles a launch whose server was not found running after the agent came back (or was stopped, as
+    no longer wanted), or could not start at all: the deployment holds no server on that node, and the
+    supervisor starts one if it should run. `reason` goes on the timeline unless not `noted` (the caller
+    says what happened next)."""
+    if not noted:
+        reason = deployment.status_reason
+    return _move(
+        deployment=deployment, to=None, reason=reason, always_noted=noted, launch_token="", pid=None, port=None,
+        process_identity="", launched_node=None,
+    )  # fmt: skip
+
+
+def deployment_note_adopted(*, deployment: Deployment, reason: str) -> DeploymentEvent:
+    """Puts on the timeline that a node agent found the deployment's server running when it started (its
+    agent was restarted) and supervises it from now on; nothing else changes."""
+    return event_record(deployment=deployment, message=reason)
 
 
 def deployment_forget_process(*, deployment: Deployment, reason: str) -> Deployment:
@@ -519,6 +571,33 @@ def adapter_mark(*, attached: list[DeploymentAdapter], state: str, error: str = 
     """Records what the supervisor found or did to attached adapters (fetching, loaded, failed)."""
     DeploymentAdapter.objects.filter(pk__in=[a.pk for a in attached]).update(state=state, error=error)
     changes.announce()
+
+
+def adapter_fetch_failed(*, attached: DeploymentAdapter, failed_at, error: str, retry_in: int) -> None:
+    """Counts a failed fetch of an attached adapter (the one that ended at `failed_at`) and says on the
+    deployment's timeline when the supervisor asks for it again. The adapter shows the error, and as fetching
+    unless its server has it loaded already (from an earlier copy)."""
+    failures = attached.fetch_failures + 1
+    DeploymentAdapter.objects.filter(pk=attached.pk).update(
+        error=error, fetch_failures=failures, fetch_failed_at=failed_at
+    )
+    DeploymentAdapter.objects.filter(pk=attached.pk, state=DeploymentAdapter.State.PENDING).update(
+        state=DeploymentAdapter.State.FETCHING
+    )
+    attached.refresh_from_db()
+    name = attached.adapter.name
+    event_record(
+        deployment=attached.deployment,
+        message=f"Fetching {name} failed: {error.rstrip('.')}. Retrying the fetch of {name} in {retry_in} s "
+        f"(attempt {failures + 1}).",
+    )
+    changes.announce()
+
+
+def adapter_fetch_succeeded(*, attached: DeploymentAdapter) -> None:
+    """Forgets the failed fetches of an adapter now in the node's cache: a later failure backs off afresh."""
+    DeploymentAdapter.objects.filter(pk=attached.pk).update(fetch_failures=0, fetch_failed_at=None, error="")
+    attached.fetch_failures, attached.fetch_failed_at, attached.error = 0, None, ""
 
 
 def adapter_forget(*, attached: DeploymentAdapter) -> None:

@@ -11,15 +11,18 @@ import itertools
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
@@ -39,7 +42,16 @@ MAX_FAILURES = 5  # crashes in a row before a deployment is marked failed
 # check must end failed, not restart forever.
 CRASH_WINDOW = timedelta(minutes=10)
 START_TIMEOUT = timedelta(minutes=10)
+# What the console keeps of a server's log (Deployment.log_tail, and a failure's reason): its last lines, read
+# from its last 16 KiB, so a server that writes one endless line cannot grow a row (the node keeps the rest).
 LOG_TAIL_LINES = 40
+LOG_TAIL_BYTES = 16 * 1024
+# A failed fetch of an adapter is asked for again after 5 s, then twice as long each time up to 10 minutes:
+# a source that is down is not hammered every tick, and one that comes back is used again within minutes.
+FETCH_RETRY_FIRST_SECONDS = 5
+FETCH_RETRY_MAX_SECONDS = 600
+# The variable that carries a launch's token (Deployment.launch_token) in its server's environment.
+LAUNCH_ENV = "PLUGBOARD_LAUNCH_TOKEN"
 STOP_GRACE_SECONDS = 20
 STARTING_STOP_GRACE_SECONDS = 3
 S = Deployment.Status
@@ -53,11 +65,16 @@ def free_port(host: str) -> int:
 
 
 def tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
-    """The last `lines` lines of a server's log (from its last 64 KiB), or "" when it cannot be read."""
+    """The last `lines` lines of a server's log (from its last LOG_TAIL_BYTES), or "" when it cannot be read."""
     try:
-        return "\n".join(logs.read_tail(path, 64 * 1024).lines[-lines:])
+        return "\n".join(logs.read_tail(path, LOG_TAIL_BYTES).lines[-lines:])
     except OSError:
         return ""
+
+
+def fetch_retry_seconds(failures: int) -> int:
+    """Seconds to wait before asking again for an adapter whose fetch failed `failures` times in a row."""
+    return min(FETCH_RETRY_MAX_SECONDS, FETCH_RETRY_FIRST_SECONDS * 2 ** max(0, failures - 1))
 
 
 # What a model server keeps of the node agent's environment: what finds programs and the GPU's libraries,
@@ -159,6 +176,33 @@ def last_error(log_tail: str) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class Launch:
+    """A server about to start: what Supervisor.prepare_launch decided and recorded, and `spawn` does."""
+
+    deployment: Deployment
+    argv: list[str]
+    env: dict[str, str]
+    home: Path
+    log_path: Path
+    fresh: bool
+    port: int
+    command: str
+    adapters: list[DeploymentAdapter]
+
+    def spawn(self) -> subprocess.Popen:
+        """Starts the server in its run folder, writing into its log (a line marks each start)."""
+        with log_open(self.log_path, fresh=self.fresh) as log_file:
+            revision = self.deployment.revision
+            log_file.write(f"\n==== starting revision {revision} at {timezone.now().isoformat()} ====\n".encode())
+            log_file.flush()
+            # Its own session: the server outlives an agent restart, and a signal to its group stops all its processes.
+            return subprocess.Popen(
+                self.argv, env=self.env, cwd=self.home, stdout=log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+            )  # fmt: skip
+
+
 class Supervisor:
     """Reconciles one node's deployments. `tick()` is called every second by the agent."""
 
@@ -170,6 +214,9 @@ class Supervisor:
         log_dir.chmod(0o700)  # also when an older agent made it readable to every user of the node
         self._scraped_at: dict[int, float] = {}  # deployment id -> when its server's metrics were last read
         self._clients: dict[int, tuple[tuple, VllmClient]] = {}  # deployment id -> (its server, a client for it)
+        # deployment id -> the pid of its server this agent launched or adopted; any other pid found running
+        # was started by an agent before this one, and is noted as adopted.
+        self._supervised: dict[int, int] = {}
 
     def tick(self) -> bool:
         """Reconciles every deployment of the node; returns whether one is in the middle of a change."""
@@ -183,11 +230,13 @@ class Supervisor:
             )
         )
         # What is kept per deployment goes with it.
-        for held in (self._clients, self._scraped_at):
+        for held in (self._clients, self._scraped_at, self._supervised):
             for pk in held.keys() - {d.pk for d in mine}:
                 del held[pk]
         for deployment in mine:
             try:
+                if deployment.log_path and deployment.launched_node_id == node.pk:
+                    self.rotate_log(deployment)
                 self.reconcile(deployment, here=node)
             except IllegalTransition as exc:
                 log.warning("reconciling %s: %s", deployment.name, exc)  # it changed meanwhile: the next tick sees how
@@ -201,7 +250,22 @@ class Supervisor:
             .exists()
         )
 
+    def rotate_log(self, d: Deployment) -> None:
+        """Keeps the server's log on the node under PLUGBOARD_SERVER_LOG_MAX_BYTES (logs.rotate), at a tick's cost
+        of one stat while it is smaller."""
+        try:
+            moved = logs.rotate(
+                d.log_path, max_bytes=settings.PLUGBOARD_SERVER_LOG_MAX_BYTES, keep=settings.PLUGBOARD_SERVER_LOG_KEEP
+            )
+        except OSError as exc:  # a full disk, say: the server goes on writing, and the next tick tries again
+            log.warning("rotating the log of %s: %s", d.name, exc)
+            return
+        if moved is not None:
+            log.info("rotated the log of %s (%d bytes)", d.name, moved)
+
     def reconcile(self, d: Deployment, *, here: Node) -> None:
+        if d.launch_token and not d.pid and d.launched_node_id == here.pk:
+            d = self.recover_launch(d, here=here)
         if d.pid and d.launched_node_id == here.pk and not processes.is_ours(d.pid, d.process_identity):
             d = services.deployment_forget_process(
                 deployment=d,
@@ -243,6 +307,13 @@ class Supervisor:
         if not alive:
             self.start_or_restart(d, entries)
             return
+        if self._supervised.get(d.pk) != d.pid and d.launched_node_id == here.pk:
+            # Started by this node's agent before it was restarted (or killed): it goes on serving, as it is.
+            self._supervised[d.pk] = d.pid
+            services.deployment_note_adopted(
+                deployment=d, reason=f"The node agent on {here.name} started again and adopted the running server "
+                f"(pid {d.pid}).",
+            )  # fmt: skip
         if d.restart_requested or (d.launched_revision and d.launched_revision != d.revision):
             reason = "Restart requested." if d.restart_requested else f"Redeploying revision {d.revision}."
             self.terminate(d)
@@ -270,6 +341,41 @@ class Supervisor:
         self.sync_adapters(d, client, entries)
         self.scrape(d, client)
 
+    def recover_launch(self, d: Deployment, *, here: Node) -> Deployment:
+        """Settles a launch the agent recorded (Deployment.launch_token) but whose pid it never recorded: it
+        died in between, or the deployment moved on between the launch and the record. The server, if it
+        runs, carries the token in its environment: it is adopted (its pid and identity recorded) when the
+        deployment should still run here, and stopped otherwise, so there is never a second server. Returns
+        the deployment as it is now."""
+        found = processes.carrying(LAUNCH_ENV, d.launch_token)
+        # The server is the leader of its own session and process group; the rest are its engine processes.
+        leader = next((pid for pid, group in found if pid == group), None)
+        wanted = d.desired == Deployment.Desired.RUNNING and d.status != S.FAILED and d.node_id == here.pk
+        identity = processes.identity(leader) if leader else None
+        leader = leader if identity else None  # (gone since the scan)
+        if wanted and leader and d.launched_revision == d.revision:
+            self._supervised[d.pk] = leader
+            return services.deployment_mark_started(
+                deployment=d, pid=leader, process_identity=identity, port=d.port, command=d.command,
+                log_path=d.log_path, node=here, revision=d.launched_revision,
+                reason=f"Adopted the server (pid {leader}) on port {d.port} that the node agent launched before it "
+                "stopped: its launch had not been recorded.",
+            )  # fmt: skip
+        for group in sorted({group for _, group in found}):
+            self.terminate(Deployment(pid=group))  # never ready as far as the console knows: the short grace
+        before = "launched before the node agent stopped"
+        if not found:
+            reason = "The server the node agent was launching when it stopped is not running."
+        elif not wanted:
+            reason = f"Stopped the server (pid {found[0][0]}) {before}: it should not run."
+        elif leader is None:
+            reason = f"Stopped what was left of the server {before} (pid {found[0][0]})."
+        else:
+            reason = (
+                f"Stopped the server (pid {leader}) {before}: it runs revision {d.launched_revision}, not {d.revision}."
+            )
+        return services.deployment_forget_launch(deployment=d, reason=reason)
+
     def scrape(self, d: Deployment, client: VllmClient) -> None:
         """Keeps a sample of the server's own figures every SCRAPE_SECONDS, for the deployment page's charts."""
         now = server_metrics.now()
@@ -286,25 +392,30 @@ class Supervisor:
     # Artifacts ---------------------------------------------------------------
 
     def ensure_fetched(self, d: Deployment) -> dict[int, CachedArtifact] | None:
-        """Returns {artifact id: ready cache entry} once the base and every adapter are cached
-        (leased for this deployment); meanwhile asks for fetches and returns None."""
-        wanted = [
-            d.base,
-            *(a.adapter for a in d.adapters.exclude(state=DeploymentAdapter.State.DETACHING).select_related("adapter")),
-        ]
+        """Returns {artifact id: ready cache entry} once the base and every adapter whose fetch has not failed
+        are cached (leased for this deployment); meanwhile asks for fetches and returns None. A failed fetch
+        of the base fails the deployment; one of an adapter is asked for again after a backoff (retry_fetch),
+        and the server starts without that adapter meanwhile, loading it once it arrives."""
+        attached = list(d.adapters.exclude(state=DeploymentAdapter.State.DETACHING).select_related("adapter"))
         entries, waiting = {}, []
-        for artifact in wanted:
+        for artifact, adapter in [(d.base, None), *((a.adapter, a) for a in attached)]:
             cached = CachedArtifact.objects.filter(node=d.node, artifact=artifact).first()
-            if cached is None or cached.status in (CachedArtifact.Status.FAILED, CachedArtifact.Status.CANCELLED):
-                if cached is not None and cached.status == CachedArtifact.Status.FAILED and artifact == d.base:
+            if cached is not None and cached.status == CachedArtifact.Status.FAILED:
+                if adapter is None:
                     services.deployment_mark_failed(
                         deployment=d, reason=f"Fetching {artifact.name} failed: {cached.error}"
                     )
                     return None
+                cached = self.retry_fetch(adapter, cached, node=d.node)
+                if cached.status == CachedArtifact.Status.FAILED:
+                    continue  # not waited for: tried again after its backoff
+            if cached is None or cached.status == CachedArtifact.Status.CANCELLED:
                 cached = cluster_services.artifact_fetch_request(artifact=artifact, node=d.node)
             if cached.status == CachedArtifact.Status.READY:
                 cluster_services.cache_lease(cached=cached, holder=d)
                 entries[artifact.pk] = cached
+                if adapter is not None and adapter.fetch_failures:
+                    services.adapter_fetch_succeeded(attached=adapter)
             else:
                 waiting.append(artifact)
         if d.base in waiting:
@@ -312,10 +423,23 @@ class Supervisor:
                 services.deployment_mark_fetching(deployment=d, reason=f"Fetching {d.base.name} to {d.node.name}.")
             return None
         if waiting and not d.pid:
-            # The first start waits for every adapter; a live server loads late ones as they arrive.
+            # The first start waits for every adapter on its way; a live server loads late ones as they arrive.
             services.deployment_mark_fetching(deployment=d, reason="Fetching the adapters.")
             return None
         return entries
+
+    def retry_fetch(self, attached: DeploymentAdapter, cached: CachedArtifact, *, node: Node) -> CachedArtifact:
+        """For an adapter whose fetch to `node` failed: counts a failure not seen before (each is known by when
+        it ended) and says when it is tried again, or asks for the fetch again once that time has come. Returns
+        the cache entry as it is now."""
+        failed_at = cached.finished_at or cached.requested_at
+        if failed_at != attached.fetch_failed_at:
+            retry_in = fetch_retry_seconds(attached.fetch_failures + 1)
+            services.adapter_fetch_failed(attached=attached, failed_at=failed_at, error=cached.error, retry_in=retry_in)
+            return cached
+        if timezone.now() < failed_at + timedelta(seconds=fetch_retry_seconds(attached.fetch_failures)):
+            return cached
+        return cluster_services.artifact_fetch_request(artifact=attached.adapter, node=node)
 
     # Processes ---------------------------------------------------------------
 
@@ -354,6 +478,28 @@ class Supervisor:
         )  # fmt: skip
 
     def launch(self, d: Deployment, entries: dict[int, CachedArtifact]) -> None:
+        """Starts the deployment's server and records it: the launch first (prepare_launch), then the process,
+        then its pid, so that an agent dying in between leaves a server the next one finds (recover_launch)."""
+        launch = self.prepare_launch(d, entries)
+        if launch is None:
+            return
+        try:
+            process = launch.spawn()
+        except OSError as exc:  # the runtime's interpreter is missing, say: a crash, with its backoff and limit
+            d = services.deployment_forget_launch(deployment=launch.deployment, reason="", noted=False)
+            self.crashed(d, f"The server could not be started: {exc}.")
+            return
+        self._supervised[d.pk] = process.pid
+        services.adapter_mark(attached=launch.adapters, state=DeploymentAdapter.State.LOADED)
+        services.deployment_mark_started(
+            deployment=launch.deployment, pid=process.pid, process_identity=processes.identity(process.pid) or "",
+            port=launch.port, command=launch.command, log_path=str(launch.log_path), node=d.node,
+        )  # fmt: skip
+
+    def prepare_launch(self, d: Deployment, entries: dict[int, CachedArtifact]) -> Launch | None:
+        """Returns what starts the deployment's server (its command, environment and run folder), with the launch
+        recorded on the deployment (services.deployment_mark_launching); None when the server may not start,
+        which fails the deployment with the reason."""
         api_key = d.api_key
         port = free_port(d.node.address)
         loaded = [
@@ -377,31 +523,22 @@ class Supervisor:
                 deployment=d, pid=None, port=None,
                 reason=f"The server was not started: {exc.message} Edit the deployment, then start it again.",
             )  # fmt: skip
-            return
+            return None
         folder, fresh = run_folder(self.log_dir, deployment_id=d.pk, revision=d.revision, previous_log=d.log_path)
         if fresh:
             homes_prune(self.log_dir, deployment_id=d.pk, keep=folder)
         home = folder / HOME_NAME
-        env = server_environment(home=home, additions=env_additions)
+        token = secrets.token_hex(16)
+        env = server_environment(home=home, additions={**env_additions, LAUNCH_ENV: token})
+        command = vllm_args.display(argv)
         log_path = folder / LOG_NAME
-        with log_open(log_path, fresh=fresh) as log_file:
-            log_file.write(f"\n==== starting revision {d.revision} at {timezone.now().isoformat()} ====\n".encode())
-            log_file.flush()
-            # Its own session: the server outlives an agent restart, and a signal to its group stops all its processes.
-            process = subprocess.Popen(
-                argv, env=env, cwd=home, stdout=log_file, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, close_fds=True,
-            )  # fmt: skip
-        services.adapter_mark(attached=loaded, state=DeploymentAdapter.State.LOADED)
-        services.deployment_mark_started(
-            deployment=d,
-            pid=process.pid,
-            process_identity=processes.identity(process.pid) or "",
-            port=port,
-            command=vllm_args.display(argv),
-            log_path=str(log_path),
-            node=d.node,
+        d = services.deployment_mark_launching(
+            deployment=d, token=token, port=port, command=command, log_path=str(log_path), node=d.node
         )
+        return Launch(
+            deployment=d, argv=argv, env=env, home=home, log_path=log_path, fresh=fresh, port=port, command=command,
+            adapters=loaded,
+        )  # fmt: skip
 
     def terminate(self, d: Deployment) -> None:
         """Stops the server's whole process group and returns once every process of it is gone.

@@ -1,21 +1,28 @@
 """The server log viewer: the end of the log read without the rest, the console's own checks
 hidden until asked for, searched, downloaded whole with the deployment's key masked, and only
-for members of the deployment's workspace."""
+for members of the deployment's workspace. And the log on the node: rotated by size while a
+real process writes it, without stopping it, and read across the rotation."""
 
 from __future__ import annotations
 
 import asyncio
 import html
 import io
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from django.urls import reverse
 
 from config.vault import unseal
-from deployments import logs
+from deployments import logs, supervisor
 from deployments.models import Deployment
 from deployments.views import _in_thread
-from tests.support.deployments import demo_deployment
+from tests.support.deployments import demo_deployment, launch_and_wait, stand_in_runtime
 from tests.support.nodes import api_as, online_cpu_node
 
 pytestmark = pytest.mark.demo
@@ -128,6 +135,132 @@ def test_the_chunks_are_read_off_the_event_loop_under_asgi(tmp_path):
     assert b"".join(asyncio.run(collect())) == b"one ****\ntwo\n"
 
 
+# Rotation on the node
+
+
+def test_a_log_within_its_size_is_left_alone(tmp_path):
+    path = write_log(tmp_path / "server.log", ["one", "two"])
+    assert logs.rotate(path, max_bytes=8, keep=2) is None
+    assert logs.rotate(str(tmp_path / "none.log"), max_bytes=1, keep=2) is None
+    assert os.listdir(tmp_path) == ["server.log"]
+
+
+def test_rotation_keeps_the_newest_files_and_empties_the_log_in_place(tmp_path):
+    path = str(tmp_path / "server.log")
+    inode = os.stat(write_log(tmp_path / "server.log", [])).st_ino
+    for n in range(4):
+        with open(path, "a") as f:
+            f.write(f"generation {n}\n" * 10)
+        assert logs.rotate(path, max_bytes=50, keep=2) == len(f"generation {n}\n") * 10
+
+    assert sorted(os.listdir(tmp_path)) == ["server.log", "server.log.1", "server.log.2"]
+    assert os.stat(path).st_size == 0 and os.stat(path).st_ino == inode, "the file the server holds, emptied"
+    assert (tmp_path / "server.log.1").read_text() == "generation 3\n" * 10
+    assert (tmp_path / "server.log.2").read_text() == "generation 2\n" * 10
+    assert stat.S_IMODE((tmp_path / "server.log.1").stat().st_mode) == 0o600
+
+
+def test_rotation_never_follows_a_link_the_server_could_plant(tmp_path):
+    elsewhere = tmp_path / "agent-file"
+    elsewhere.write_text("x" * 100)
+    (tmp_path / "server.log").symlink_to(elsewhere)
+    assert logs.rotate(str(tmp_path / "server.log"), max_bytes=10, keep=2) is None
+    assert elsewhere.read_text() == "x" * 100
+
+
+def test_a_log_rotated_a_moment_ago_still_shows_the_lines_before_the_rotation(tmp_path):
+    path = write_log(tmp_path / "server.log", [f"old {i}" for i in range(50)])
+    logs.rotate(path, max_bytes=10, keep=2)
+    with open(path, "a") as f:
+        f.write("new 0\nnew 1\n")
+
+    tail = logs.read_tail(path, 40)  # 40 bytes: "new 0\nnew 1\n" and 28 of the older file
+    assert tail.lines == ["old 46", "old 47", "old 48", "old 49", "new 0", "new 1"] and tail.cut
+    assert logs.read_tail(path, 10_000) == logs.Tail(
+        lines=[f"old {i}" for i in range(50)] + ["new 0", "new 1"], cut=False
+    )
+    assert supervisor.tail(path, lines=3) == "old 49\nnew 0\nnew 1"
+    with open(path, "a") as f:
+        f.write("new 2\n")
+    logs.rotate(path, max_bytes=10, keep=2)  # older lines now in .2: all of .1 is shown, and the cut said
+    assert logs.read_tail(path, 10_000) == logs.Tail(lines=["new 0", "new 1", "new 2"], cut=True)
+
+
+# Writes numbered lines to its stdout, a write per line, `rate` lines a second (a busy server's access log is a
+# few hundred), for the seconds given.
+WRITER = """
+import sys, time
+seconds, rate = float(sys.argv[1]), int(sys.argv[2])
+start = time.monotonic()
+n = 0
+while (elapsed := time.monotonic() - start) < seconds:
+    n += 1
+    sys.stdout.write(f"line {n:08d} " + "." * 80 + "\\n")
+    sys.stdout.flush()
+    if n > elapsed * rate:
+        time.sleep(n / rate - elapsed)
+print(f"wrote {n}", flush=True)
+"""
+LINE = re.compile(r"^(?:line (\d{8}) \.{80}|wrote (\d+))$")
+
+
+def test_a_log_is_rotated_while_a_real_process_writes_it_losing_only_the_lines_of_the_instant_of_truncation(tmp_path):
+    path = tmp_path / "server.log"
+    with supervisor.log_open(path, fresh=True) as log_file:
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, "3", "5000"], stdout=log_file)
+    flags = int(re.search(r"flags:\s+(\d+)", Path(f"/proc/{writer.pid}/fdinfo/1").read_text()).group(1), 8)
+    assert flags & os.O_APPEND, "the server's stdout must append, or it writes on at its old offset after a rotation"
+    rotations = 0
+    while writer.poll() is None:
+        rotations += logs.rotate(str(path), max_bytes=32 * 1024, keep=1000) is not None
+    logs.rotate(str(path), max_bytes=0, keep=1000)
+
+    files = sorted(tmp_path.glob("server.log.*"), key=lambda p: -int(p.suffix[1:]))
+    numbers, written, gaps, cuts = [], 0, [], 0
+    for file in files:
+        data = file.read_bytes()
+        assert b"\0" not in data, "a writer at its old offset would have left a hole"
+        lines = data.decode().splitlines()
+        # The last line of a file the truncation ended may be cut: the copy read the first part of a write
+        # still under way, and the truncation took the rest. Every other line is whole.
+        cut = not data.endswith(b"\n") and file != files[-1]
+        cuts += cut
+        matches = [LINE.match(line) for line in (lines[:-1] if cut else lines)]
+        assert all(matches), "every line whole"
+        in_file = [int(m.group(1)) for m in matches if m.group(1)]
+        assert in_file == list(range(in_file[0], in_file[0] + len(in_file))), "nothing lost inside a file"
+        if numbers:
+            gaps.append(in_file[0] - numbers[-1] - 1)
+        numbers += in_file
+        written = max([written] + [int(m.group(2)) for m in matches if m.group(2)])
+    lost = sum(gaps)
+    assert min(gaps) >= 0, "in order, none twice"
+    assert (numbers[0], numbers[-1], len(numbers)) == (1, written, written - lost), "lost only between files"
+    print(
+        f"{rotations} rotations of {written} lines written at 5,000 a second: {lost} lost "
+        f"({lost / written:.3%}), {cuts} of them cut; at the rotations that lost any, {sorted(g for g in gaps if g)}"
+    )
+    assert rotations >= 20
+    # What copy-truncate risks: the lines written between the copy's last read and the truncation, an instant
+    # (longer only when the machine does not run the agent right then).
+    assert lost <= 0.05 * written, (lost, written)
+
+
+@pytest.mark.django_db
+def test_the_supervisor_rotates_a_servers_log_past_the_configured_size(cast, tmp_path, settings):
+    online_cpu_node(tmp_path)
+    root = stand_in_runtime(tmp_path, settings, "#!/bin/sh\nyes 0123456789abcdefghi | head -c 300000\n")
+    d = launch_and_wait(root, demo_deployment(cast.team, "demo"))
+    settings.PLUGBOARD_SERVER_LOG_MAX_BYTES, settings.PLUGBOARD_SERVER_LOG_KEEP = 100_000, 2
+    assert os.path.getsize(d.log_path) > 300_000
+
+    supervisor.Supervisor("cpu-1", None, root).tick()
+
+    assert os.path.getsize(d.log_path) == 0 and os.path.getsize(d.log_path + ".1") > 300_000
+    supervisor.Supervisor("cpu-1", None, root).tick()
+    assert not os.path.exists(d.log_path + ".2"), "a log within its size is not rotated again"
+
+
 # The page, the download and the API
 
 
@@ -221,6 +354,19 @@ def test_the_download_streams_the_whole_log_with_the_key_masked(cast, client, de
     with open(deployment.log_path) as f:
         assert text == f.read().replace(key, "****")
     assert key not in text and "GET /health" in text and "step 0 " in text
+
+
+def test_the_download_begins_with_the_files_the_log_was_rotated_into(cast, client, deployment):
+    key = unseal(deployment.encrypted_api_key)["api_key"]
+    before = Path(deployment.log_path).read_bytes()
+    logs.rotate(deployment.log_path, max_bytes=0, keep=3)
+    with open(deployment.log_path, "a") as f:
+        f.write(f"a line after the rotation, {key}\n")
+    client.force_login(cast.viewer)
+
+    text = b"".join(client.get(reverse("deployments:log_download", args=[deployment.pk])).streaming_content)
+
+    assert text == before.replace(key.encode(), b"****") + b"a line after the rotation, ****\n"
 
 
 def test_a_failed_deployment_links_its_reason_to_the_full_log(cast, client, deployment):

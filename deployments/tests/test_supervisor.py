@@ -13,11 +13,15 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from deployments import processes, supervisor
-from deployments.models import Deployment
+from cluster.models import CachedArtifact
+from conftest import DEMO_STORE
+from deployments import processes, services, supervisor
+from deployments.models import Deployment, DeploymentAdapter
 from deployments.supervisor import Supervisor
+from registry.demo import DEMO_BASE, demo_register
+from registry.models import Artifact
 from tests.support.agents import wait_for
-from tests.support.deployments import demo_deployment
+from tests.support.deployments import adapter_for_demo, demo_deployment, launch_and_wait
 from tests.support.nodes import online_cpu_node
 
 # Ignores SIGTERM, as vLLM was seen to while it loads a model.
@@ -148,3 +152,115 @@ def test_a_server_starts_from_a_clean_environment_with_a_home_of_its_own(tmp_pat
         "HOME": str(tmp_path / "homes" / "demo"), "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
     }  # fmt: skip
     assert (tmp_path / "homes" / "demo").is_dir()
+
+
+def test_the_console_keeps_a_bounded_tail_of_a_log_even_of_one_endless_line(tmp_path):
+    log = tmp_path / "server.log"
+    log.write_text("INFO starting\n" + "x" * (1 << 20) + "\n" + "".join(f"line {i}\n" for i in range(100)))
+
+    kept = supervisor.tail(str(log))
+
+    assert len(kept.encode()) <= supervisor.LOG_TAIL_BYTES
+    assert kept.splitlines() == [f"line {i}" for i in range(60, 100)]
+    log.write_text("y" * (1 << 20))
+    assert len(supervisor.tail(str(log))) <= supervisor.LOG_TAIL_BYTES
+
+
+# A failed fetch of an adapter
+
+
+def test_a_failed_fetch_is_retried_after_a_backoff_that_doubles_up_to_a_cap():
+    waits = [supervisor.fetch_retry_seconds(n) for n in range(1, 10)]
+    assert waits == [5, 10, 20, 40, 80, 160, 320, 600, 600]
+
+
+@pytest.fixture
+def failing_adapter(cast, tmp_path):
+    """(the deployment, its sailor adapter, that adapter's cache entry): the base is cached, the adapter's
+    fetch has just failed."""
+    node = online_cpu_node(tmp_path)
+    demo_register(workspace=cast.team, store=DEMO_STORE)
+    sailor = adapter_for_demo(cast, tmp_path, "sailor")
+    deployment = services.deployment_create(
+        workspace=cast.team, name="demo", base=Artifact.objects.get(name=DEMO_BASE), adapters=[(sailor, "sailor")],
+        settings={"kv_cache_bytes": 1 << 30},
+    )  # fmt: skip
+    attached = deployment.adapters.get()
+    CachedArtifact.objects.create(node=node, artifact=deployment.base, revision="r1", status="ready")
+    cached = CachedArtifact.objects.create(
+        node=node, artifact=attached.adapter, status="failed", error="The source answered 503.",
+        finished_at=timezone.now(),
+    )  # fmt: skip
+    return deployment, attached, cached
+
+
+def fetched(tmp_path, deployment):
+    d = Deployment.objects.select_related("base", "node").get(pk=deployment.pk)
+    return Supervisor("cpu-1", None, tmp_path / "runs").ensure_fetched(d)
+
+
+@pytest.mark.demo
+def test_a_failed_adapter_fetch_is_asked_for_again_after_its_backoff_not_at_every_tick(failing_adapter, tmp_path):
+    deployment, attached, cached = failing_adapter
+
+    entries = fetched(tmp_path, deployment)
+
+    assert set(entries) == {deployment.base_id}, "the server starts without the adapter meanwhile"
+    attached.refresh_from_db()
+    assert (attached.state, attached.fetch_failures, attached.error) == ("fetching", 1, "The source answered 503.")
+    said = "Fetching sailor failed: The source answered 503. Retrying the fetch of sailor in 5 s (attempt 2)."
+    assert list(deployment.events.filter(message__startswith="Fetching sailor").values_list("message", flat=True)) == [
+        said
+    ]
+    for _ in range(3):  # ticks within the backoff ask for nothing and say nothing more
+        fetched(tmp_path, deployment)
+    cached.refresh_from_db()
+    assert cached.status == "failed"
+    assert deployment.events.filter(message__startswith="Fetching sailor").count() == 1
+
+    # The backoff has passed: the fetch is asked for again, once.
+    earlier = cached.finished_at - timedelta(seconds=6)
+    CachedArtifact.objects.filter(pk=cached.pk).update(finished_at=earlier)
+    DeploymentAdapter.objects.filter(pk=attached.pk).update(fetch_failed_at=earlier)
+    fetched(tmp_path, deployment)
+    cached.refresh_from_db()
+    assert cached.status == "queued"
+
+    # It fails again: the next wait is twice as long.
+    CachedArtifact.objects.filter(pk=cached.pk).update(status="failed", error="Timed out.", finished_at=timezone.now())
+    fetched(tmp_path, deployment)
+    attached.refresh_from_db()
+    assert attached.fetch_failures == 2
+    assert deployment.events.filter(
+        message="Fetching sailor failed: Timed out. Retrying the fetch of sailor in 10 s (attempt 3)."
+    ).exists()
+
+    # Once it is in the cache, the count starts afresh and the server gets it.
+    CachedArtifact.objects.filter(pk=cached.pk).update(status="ready", revision="r1", error="")
+    entries = fetched(tmp_path, deployment)
+    attached.refresh_from_db()
+    assert set(entries) == {deployment.base_id, attached.adapter_id}
+    assert (attached.fetch_failures, attached.fetch_failed_at, attached.error) == (0, None, "")
+
+
+@pytest.mark.demo
+def test_a_failed_base_model_fetch_fails_the_deployment_with_the_reason(failing_adapter, tmp_path):
+    deployment, _, _ = failing_adapter
+    CachedArtifact.objects.filter(artifact=deployment.base).update(status="failed", error="No space left on device.")
+
+    assert fetched(tmp_path, deployment) is None
+    d = Deployment.objects.get(pk=deployment.pk)
+    assert (d.status, d.status_reason) == ("failed", f"Fetching {d.base.name} failed: No space left on device.")
+
+
+@pytest.mark.django_db
+@pytest.mark.demo
+def test_a_server_that_cannot_be_started_at_all_is_a_crash_with_the_reason(cast, tmp_path, settings):
+    online_cpu_node(tmp_path)
+    settings.PLUGBOARD_VLLM_PYTHON = tmp_path / "no-runtime-here" / "python"
+
+    d = launch_and_wait(tmp_path / "runs", demo_deployment(cast.team, "demo"))
+
+    assert (d.status, d.pid, d.launch_token, d.failures) == ("restarting", None, "", 1)
+    assert d.status_reason.startswith("The server could not be started: [Errno 2] No such file or directory")
+    assert d.status_reason.endswith("Restarting in 1 s (attempt 1).")
