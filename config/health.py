@@ -1,10 +1,15 @@
 """Is this install of the console working? The checks behind `manage.py doctor` and the load balancer's
 /healthz (the process answers) and /readyz (it can serve: database, migrations, broker).
 
-Each check returns a Check; none raises, so one broken part never hides what the others would say."""
+Each check returns a Check; none raises, so one broken part never hides what the others would say.
+
+`server_error` is the console's handler500: a request that fails because the database cannot be reached
+(down, restarting, frozen past its connect timeout) answers 503 with words to act on, a JSON body for the API,
+rather than a bare "Server Error (500)"."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,10 +18,11 @@ from datetime import timedelta
 import redis
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
+from django.views import defaults
 from django.views.decorators.http import require_GET
 
 from config import keys
@@ -130,3 +136,27 @@ def readyz(request):
     ok = all(c.ok for c in checks)
     body = {"status": "ok" if ok else "unavailable", "checks": {c.name: "ok" if c.ok else "failing" for c in checks}}
     return JsonResponse(body, status=200 if ok else 503)
+
+
+DATABASE_UNAVAILABLE = "The database is not answering right now; try again in a moment."
+# How long a client should wait before trying again: about what a database takes to restart.
+RETRY_AFTER_SECONDS = 10
+
+
+def database_unreachable(exc: BaseException | None) -> bool:
+    """True when `exc` says the database could not be reached, dropped the connection or gave up waiting (an
+    OperationalError: a transient state of the database, not a mistake in a query)."""
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
+def server_error(request):
+    """handler500: 503 with Retry-After when the database is unreachable (JSON under /api/), else Django's 500."""
+    if not database_unreachable(sys.exc_info()[1]):
+        return defaults.server_error(request)
+    if request.path.startswith("/api/"):
+        response = JsonResponse({"detail": DATABASE_UNAVAILABLE}, status=503)
+    else:
+        # Plain text: the page's template would need the database (the signed-in user, the menus).
+        response = HttpResponse(DATABASE_UNAVAILABLE, content_type="text/plain; charset=utf-8", status=503)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response

@@ -13,15 +13,12 @@ twice as long as the one before (up to `PLUGBOARD_SIGNIN_MAX_LOCK_SECONDS`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
-import weakref
 from dataclasses import dataclass
 
 import redis
-import redis.asyncio
 from django.conf import settings
 
 from config import redis_client
@@ -53,10 +50,14 @@ def _window_key(limit: Limit, identity: str, now: float) -> tuple[str, int]:
     return f"{PREFIX}{limit.name}:{identity}:{window_index}", max(left, 1)
 
 
-def _uncounted(limit: Limit, exc: Exception) -> None:
+def _uncounted(limit: Limit, client, exc: Exception | None) -> None:
     """A limit that cannot count lets the request through (and says so in the log): refusing everyone, or
-    answering 500, while Redis is away would turn a broker outage into a console outage."""
-    log.warning("rate limit %s not counted: Redis did not answer (%s)", limit.name, type(exc).__name__)
+    answering 500, while Redis is away would turn a broker outage into a console outage. The request does
+    not wait for Redis either (config/redis_client.py: a quarter of a second at most, then a few seconds of
+    not asking)."""
+    if exc is not None:
+        redis_client.failed(client, exc)
+    log.debug("rate limit %s not counted: Redis is not answering", limit.name)
 
 
 def hit(limit: Limit, identity: str) -> int | None:
@@ -64,44 +65,38 @@ def hit(limit: Limit, identity: str) -> int | None:
     is within the limit (or cannot be counted), else the seconds until the window ends (Retry-After)."""
     if not limit.count:
         return None
+    client = redis_client.client()
+    if not redis_client.available(client):
+        _uncounted(limit, client, None)
+        return None
     key, left = _window_key(limit, identity, time.time())
-    pipe = redis_client.client().pipeline(transaction=False)
+    pipe = client.pipeline(transaction=False)
     pipe.incr(key)
     pipe.expire(key, left + 1)
     try:
         count, _ = pipe.execute()
     except redis.RedisError as exc:
-        _uncounted(limit, exc)
+        _uncounted(limit, client, exc)
         return None
     return left if count > limit.count else None
-
-
-# One client per event loop: a redis.asyncio connection belongs to the loop it was opened in (a server has
-# one loop; tests start several).
-_async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _aclient() -> redis.asyncio.Redis:
-    loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
-        client = redis.asyncio.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-        _async_clients[loop] = client
-    return client
 
 
 async def ahit(limit: Limit, identity: str) -> int | None:
     """`hit` for the gateway's event loop."""
     if not limit.count:
         return None
+    client = redis_client.aclient()
+    if not redis_client.available(client):
+        _uncounted(limit, client, None)
+        return None
     key, left = _window_key(limit, identity, time.time())
-    pipe = _aclient().pipeline(transaction=False)
+    pipe = client.pipeline(transaction=False)
     pipe.incr(key)
     pipe.expire(key, left + 1)
     try:
         count, _ = await pipe.execute()
-    except redis.RedisError as exc:
-        _uncounted(limit, exc)
+    except (redis.RedisError, OSError) as exc:
+        _uncounted(limit, client, exc)
         return None
     return left if count > limit.count else None
 
@@ -114,14 +109,29 @@ def _failures_key(kind: str, identity: str) -> str:
     return f"{PREFIX}signin-failures:{kind}:{identity}"
 
 
+def _signin_unguarded(client, exc: Exception | None) -> None:
+    """Sign-in lockouts, like the rate limits, let people in while Redis is away rather than lock everyone
+    out or answer 500; the failure is logged (config/redis_client.py)."""
+    if exc is not None:
+        redis_client.failed(client, exc)
+    log.warning("sign-in failures not counted: Redis is not answering")
+
+
 def signin_locked(*, username: str, address: str) -> int | None:
     """Returns the seconds until `username` or `address` may try to sign in
-    again, or None when neither is locked."""
+    again, or None when neither is locked (or Redis cannot say)."""
     client = redis_client.client()
+    if not redis_client.available(client):
+        _signin_unguarded(client, None)
+        return None
     pipe = client.pipeline(transaction=False)
     pipe.pttl(_lock_key("user", username.lower()))
     pipe.pttl(_lock_key("address", address))
-    remaining = [ms for ms in pipe.execute() if ms and ms > 0]
+    try:
+        remaining = [ms for ms in pipe.execute() if ms and ms > 0]
+    except redis.RedisError as exc:
+        _signin_unguarded(client, exc)
+        return None
     return math.ceil(max(remaining) / 1000) if remaining else None
 
 
@@ -129,17 +139,23 @@ def signin_failed(*, username: str, address: str) -> int | None:
     """Counts a failed sign-in for `username` and `address`; past the free
     failures, locks each for a doubling time. Returns the longest lock set, if any."""
     client = redis_client.client()
+    if not redis_client.available(client):
+        _signin_unguarded(client, None)
+        return None
     free = settings.PLUGBOARD_SIGNIN_FREE_FAILURES
     longest = None
-    for kind, identity in (("user", username.lower()), ("address", address)):
-        pipe = client.pipeline(transaction=False)
-        pipe.incr(_failures_key(kind, identity))
-        pipe.expire(_failures_key(kind, identity), FAILURE_MEMORY_SECONDS)
-        failures, _ = pipe.execute()
-        if failures > free:
-            seconds = min(2 ** (failures - free), settings.PLUGBOARD_SIGNIN_MAX_LOCK_SECONDS)
-            client.set(_lock_key(kind, identity), 1, ex=seconds)
-            longest = max(longest or 0, seconds)
+    try:
+        for kind, identity in (("user", username.lower()), ("address", address)):
+            pipe = client.pipeline(transaction=False)
+            pipe.incr(_failures_key(kind, identity))
+            pipe.expire(_failures_key(kind, identity), FAILURE_MEMORY_SECONDS)
+            failures, _ = pipe.execute()
+            if failures > free:
+                seconds = min(2 ** (failures - free), settings.PLUGBOARD_SIGNIN_MAX_LOCK_SECONDS)
+                client.set(_lock_key(kind, identity), 1, ex=seconds)
+                longest = max(longest or 0, seconds)
+    except redis.RedisError as exc:
+        _signin_unguarded(client, exc)
     return longest
 
 
@@ -147,4 +163,9 @@ def signin_succeeded(*, username: str) -> None:
     """Forgets the failures of `username`. Not those of the address: one account
     of an attacker's own must not reset their guessing at others."""
     client = redis_client.client()
-    client.delete(_failures_key("user", username.lower()), _lock_key("user", username.lower()))
+    if not redis_client.available(client):
+        return
+    try:
+        client.delete(_failures_key("user", username.lower()), _lock_key("user", username.lower()))
+    except redis.RedisError as exc:
+        _signin_unguarded(client, exc)

@@ -214,9 +214,17 @@ def test_changing_an_endpoint_to_a_metadata_address_is_refused(cast, mallory, s3
 # 2. The console's own Redis ----------------------------------------------------
 
 
-def test_an_endpoint_at_the_consoles_redis_is_refused_when_saved_and_when_used(cast, mallory, servers, settings):
+def test_an_endpoint_at_the_consoles_redis_is_refused_when_saved_and_when_used(
+    cast, mallory, servers, settings, monkeypatch
+):
+    from config import redis_client
+
+    suite_redis = redis_client.client()
     redis = servers.listener()
     settings.REDIS_URL = f"redis://127.0.0.1:{redis.port}/0"
+    # The fetch rules learn the listener's port as the console's Redis; the rate limits go on counting in the
+    # suite's, so every connection the listener sees would be a fetch's.
+    monkeypatch.setattr(redis_client, "_client", suite_redis)
 
     for endpoint in (f"http://127.0.0.1:{redis.port}/", f"http://localhost:{redis.port}/"):
         response = create_connection(mallory, cast.other, endpoint=endpoint, kind="hf")
