@@ -17,6 +17,13 @@ def too_large_message() -> str:
     return f"The request body is over the API's limit of {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
 
 
+def too_many_fields_message() -> str:
+    return (
+        f"The form body has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} fields, more than the API reads; "
+        "send JSON."
+    )
+
+
 class MultiPartParser(parsers.MultiPartParser):
     """Refuses (413) a multipart body whose declared length is over DATA_UPLOAD_MAX_MEMORY_SIZE before
     reading any of it: the API takes no file uploads, so nothing that large is ever legitimate."""

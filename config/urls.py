@@ -45,3 +45,8 @@ urlpatterns = [
     path("", include("inference.urls")),
     path("api/v1/", include(api_v1)),
 ]
+
+# A path no URL matches: JSON under /api/ (an id that is not one, a misspelt list), Django's page elsewhere.
+handler404 = "config.api.not_found"
+# An uncaught error: 503 with Retry-After while the database cannot be reached (a restart), else Django's 500.
+handler500 = "config.health.server_error"

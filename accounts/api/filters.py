@@ -6,6 +6,7 @@ from __future__ import annotations
 import django_filters
 
 from audit.models import AuditEntry
+from config.api import DateTimeFilter, IdFilter
 
 
 class AuditEntryFilter(django_filters.FilterSet):
@@ -15,9 +16,9 @@ class AuditEntryFilter(django_filters.FilterSet):
         lookup_expr="startswith", help_text='An action ("deployment.stop") or its kind ("deployment.").'
     )
     target_type = django_filters.CharFilter(help_text='"deployment", "connection", "artifact", "membership", …')
-    target_id = django_filters.NumberFilter()
-    since = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="at", lookup_expr="lt")
+    target_id = IdFilter()
+    since = DateTimeFilter(field_name="at", lookup_expr="gte")
+    until = DateTimeFilter(field_name="at", lookup_expr="lt")
 
     class Meta:
         model = AuditEntry

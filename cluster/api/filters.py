@@ -6,11 +6,12 @@ from __future__ import annotations
 import django_filters
 
 from cluster.models import CachedArtifact
+from config.api import IdFilter
 
 
 class CachedArtifactFilter(django_filters.FilterSet):
     node = django_filters.CharFilter(field_name="node__name", help_text="A node's name.")
-    artifact = django_filters.NumberFilter(field_name="artifact_id", help_text="A model's or adapter's id.")
+    artifact = IdFilter(field_name="artifact_id", help_text="A model's or adapter's id.")
     status = django_filters.ChoiceFilter(choices=CachedArtifact.Status.choices)
 
     class Meta:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from cluster.models import Accelerator, CachedArtifact, Node
+from config.api import SlugLookupField
 
 
 class AcceleratorSerializer(serializers.ModelSerializer):
@@ -42,4 +43,4 @@ class CachedArtifactSerializer(serializers.ModelSerializer):
 
 class FetchRequestSerializer(serializers.Serializer):
     artifact = serializers.IntegerField(help_text="The id of a ready model or adapter.")
-    node = serializers.SlugRelatedField(slug_field="name", queryset=Node.objects.all())
+    node = SlugLookupField(slug_field="name", queryset=Node.objects.all())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import django_filters
 
+from config.api import IdFilter
 from deployments.models import Deployment
 
 
@@ -13,7 +14,7 @@ class DeploymentFilter(django_filters.FilterSet):
     workspace = django_filters.CharFilter(field_name="workspace__slug", help_text="A workspace's slug.")
     status = django_filters.ChoiceFilter(choices=Deployment.Status.choices)
     node = django_filters.CharFilter(field_name="node__name", help_text="A node's name.")
-    base = django_filters.NumberFilter(field_name="base_id", help_text="A base model's id.")
+    base = IdFilter(field_name="base_id", help_text="A base model's id.")
 
     class Meta:
         model = Deployment

@@ -5,6 +5,7 @@ from rest_framework import serializers
 
 from accounts.models import Workspace
 from cluster.models import Node
+from config.api import SlugLookupField
 from deployments.models import Deployment, DeploymentAdapter, DeploymentEvent
 from deployments.vllm_args import DEFAULT_MAX_ADAPTERS, ENV_MASK
 
@@ -57,7 +58,9 @@ class DeploymentSerializer(serializers.ModelSerializer):
     node = serializers.SlugRelatedField(slug_field="name", read_only=True)
     base_name = serializers.CharField(source="base.name", read_only=True)
     adapters = DeploymentAdapterSerializer(many=True, read_only=True)
-    base_url = serializers.CharField(read_only=True)
+    base_url = serializers.CharField(
+        read_only=True, allow_null=True, help_text="Where its server answers on its node; null while it has none."
+    )
     extra_env = MaskedEnvField(source="*")
 
     class Meta:
@@ -94,10 +97,10 @@ class AdapterChoiceSerializer(serializers.Serializer):
 
 
 class DeploymentCreateSerializer(serializers.Serializer):
-    workspace = serializers.SlugRelatedField(slug_field="slug", queryset=Workspace.objects.all(), required=False)
+    workspace = SlugLookupField(slug_field="slug", queryset=Workspace.objects.all(), required=False)
     name = serializers.CharField(max_length=63)
     base = serializers.IntegerField()
-    node = serializers.SlugRelatedField(
+    node = SlugLookupField(
         slug_field="name",
         queryset=Node.objects.all(),
         required=False,
@@ -132,7 +135,7 @@ class DeploymentCreateSerializer(serializers.Serializer):
 class DeploymentUpdateSerializer(serializers.Serializer):
     """Any of these; what is left out stays. A new node or new GPUs move the deployment there."""
 
-    node = serializers.SlugRelatedField(slug_field="name", queryset=Node.objects.all(), required=False)
+    node = SlugLookupField(slug_field="name", queryset=Node.objects.all(), required=False)
     accelerator_indices = serializers.ListField(
         child=serializers.IntegerField(min_value=0), required=False, max_length=64
     )

@@ -150,7 +150,7 @@ class DeploymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         return Response(DeploymentSerializer(deployment).data, status=202)
 
     @extend_schema(request=None, responses={202: DeploymentSerializer})
-    @action(detail=True, methods=["post"], url_path=r"adapters/(?P<served_name>[^/]+)/detach")
+    @action(detail=True, methods=["post"], url_path=r"adapters/(?P<served_name>[^/\x00]+)/detach")
     def detach(self, request, pk=None, served_name=None):
         """Unloads an adapter from the live server."""
         deployment = self._writable()

@@ -3,8 +3,10 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from accounts.models import Workspace
+from config.api import SlugLookupField
 from deployments.models import Deployment
 from inference.models import InferenceKey, UsageRecord
+from inference.selectors import GROUPS, PERIODS
 
 
 class InferenceKeySerializer(serializers.ModelSerializer):
@@ -27,7 +29,7 @@ class InferenceKeySerializer(serializers.ModelSerializer):
 
 
 class InferenceKeyCreateSerializer(serializers.Serializer):
-    workspace = serializers.SlugRelatedField(
+    workspace = SlugLookupField(
         slug_field="slug", queryset=Workspace.objects.all(), required=False,
         help_text="The workspace's slug; needed only when you may write in several.",
     )  # fmt: skip
@@ -48,9 +50,10 @@ class InferenceKeyCreatedSerializer(InferenceKeySerializer):
 
 
 class UsageRecordSerializer(serializers.ModelSerializer):
-    key = serializers.SlugRelatedField(slug_field="prefix", read_only=True)
-    user = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    # Null: the gateway's requests have no user, the playground's no key, and either outlives its deployment.
+    key = serializers.SlugRelatedField(slug_field="prefix", read_only=True, allow_null=True)
+    user = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
 
     class Meta:
         model = UsageRecord
@@ -80,8 +83,9 @@ class UsageBucketSerializer(serializers.Serializer):
 
 
 class UsageSummarySerializer(serializers.Serializer):
-    period = serializers.ChoiceField(choices=["hour", "day", "week", "month"])
-    by = serializers.ChoiceField(choices=["deployment", "model", "key"])
+    # The choices the summary takes (inference.selectors), so that the answer's enum is the query's.
+    period = serializers.ChoiceField(choices=list(PERIODS))
+    by = serializers.ChoiceField(choices=list(GROUPS))
     since = serializers.DateTimeField()
     bucket_seconds = serializers.IntegerField()
     groups = UsageGroupSerializer(many=True)

@@ -93,12 +93,14 @@ class UsageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         period = request.query_params.get("period", "day")
         by = request.query_params.get("by", "deployment")
         if period not in selectors.PERIODS:
-            raise ValidationError({"period": f"Use one of {', '.join(selectors.PERIODS)}."})
+            raise ValidationError({"period": [f"Use one of {', '.join(selectors.PERIODS)}."]})
         if by not in selectors.GROUPS:
-            raise ValidationError({"by": f"Use one of {', '.join(selectors.GROUPS)}."})
+            raise ValidationError({"by": [f"Use one of {', '.join(selectors.GROUPS)}."]})
         records = self.get_queryset()
         totals = UsageTotal.objects.filter(workspace__memberships__user=request.user)
-        if workspace := request.query_params.get("workspace"):
+        if "\x00" in (workspace := request.query_params.get("workspace", "")):  # PostgreSQL would refuse it (a 500)
+            raise ValidationError({"workspace": ["A workspace's slug has no NUL character."]})
+        if workspace:
             records = records.filter(workspace__slug=workspace)
             totals = totals.filter(workspace__slug=workspace)
         summary = selectors.usage_summary(records=records, totals=totals, period=period, by=by)

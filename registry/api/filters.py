@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import django_filters
 
+from config.api import IdFilter
 from registry import selectors
 from registry.models import Artifact, ArtifactStatus, Compatibility, Connection, ConnectionKind
 
@@ -22,7 +23,7 @@ class ConnectionFilter(django_filters.FilterSet):
 class ArtifactFilter(django_filters.FilterSet):
     name = django_filters.CharFilter(lookup_expr="iexact", help_text="The model's or adapter's name (any case).")
     workspace = django_filters.CharFilter(field_name="workspace__slug", help_text="A workspace's slug.")
-    connection = django_filters.NumberFilter(field_name="connection_id", help_text="A connection's id.")
+    connection = IdFilter(field_name="connection_id", help_text="A connection's id.")
     status = django_filters.ChoiceFilter(choices=ArtifactStatus.choices)
     source = django_filters.ChoiceFilter(
         field_name="connection__kind", choices=ConnectionKind.choices, help_text="The kind of its connection."
@@ -40,8 +41,8 @@ class ArtifactFilter(django_filters.FilterSet):
 
 
 class CompatibilityFilter(django_filters.FilterSet):
-    adapter = django_filters.NumberFilter(field_name="adapter_id", help_text="An adapter's id.")
-    base = django_filters.NumberFilter(field_name="base_id", help_text="A base model's id.")
+    adapter = IdFilter(field_name="adapter_id", help_text="An adapter's id.")
+    base = IdFilter(field_name="base_id", help_text="A base model's id.")
     compatible = django_filters.BooleanFilter()
     workspace = django_filters.CharFilter(field_name="adapter__workspace__slug", help_text="A workspace's slug.")
 

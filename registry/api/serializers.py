@@ -3,6 +3,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from accounts.models import Workspace
+from config.api import SlugLookupField
 from registry.models import (
     MAX_CA_BUNDLE,
     MAX_DESCRIPTION,
@@ -37,6 +38,10 @@ class ConnectionSerializer(serializers.ModelSerializer):
     """What anyone may see of a connection: never its secrets, only whether they are set."""
 
     workspace = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    # A string, not a URI: blank is the store's or hub's public default (AWS, huggingface.co).
+    endpoint_url = serializers.CharField(
+        read_only=True, help_text="The store's or hub's URL; blank for AWS or huggingface.co."
+    )
     has_secrets = serializers.BooleanField(read_only=True)
 
     class Meta:
@@ -64,7 +69,7 @@ class ConnectionTestSerializer(ConnectionSerializer):
 
 
 class ConnectionWriteSerializer(serializers.Serializer):
-    workspace = serializers.SlugRelatedField(slug_field="slug", queryset=Workspace.objects.all(), required=False)
+    workspace = SlugLookupField(slug_field="slug", queryset=Workspace.objects.all(), required=False)
     name = serializers.CharField(max_length=100)
     kind = serializers.ChoiceField(choices=ConnectionKind.choices)
     endpoint_url = serializers.URLField(
@@ -153,7 +158,7 @@ class ArtifactDetailSerializer(ArtifactSerializer):
 
 
 class ArtifactWriteSerializer(serializers.Serializer):
-    workspace = serializers.SlugRelatedField(slug_field="slug", queryset=Workspace.objects.all(), required=False)
+    workspace = SlugLookupField(slug_field="slug", queryset=Workspace.objects.all(), required=False)
     name = serializers.CharField(max_length=100)
     # An id, not a related field: an unknown id and another workspace's must both answer 404.
     connection = serializers.IntegerField(help_text="The id of a connection in the same workspace.")

@@ -86,7 +86,7 @@ class ArtifactViewSet(viewsets.GenericViewSet, mixins.ListModelMixin, mixins.Ret
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Artifact.objects.none()
-        return selectors.artifacts_for(self.request.user, kind=self.kind).prefetch_related("files")
+        return selectors.artifacts_for(self.request.user, kind=self.kind)
 
     def get_object(self, *, write: bool = False) -> Artifact:
         return get_for(self.request.user, Artifact.objects.filter(kind=self.kind), self.kwargs["pk"], write=write)
@@ -123,8 +123,10 @@ class ArtifactViewSet(viewsets.GenericViewSet, mixins.ListModelMixin, mixins.Ret
         artifact = services.artifact_reinspect(artifact=self.get_object(write=True))
         return Response(ArtifactSerializer(artifact).data, status=status.HTTP_202_ACCEPTED)
 
+    # The whole list, unfiltered and in one answer (one row per artifact of the other kind): no filters or
+    # pages, which the schema would otherwise declare for it as for the lists.
     @extend_schema(responses=CompatibilitySerializer(many=True))
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def compatibility(self, request, pk=None):
         """For a model: the adapters that fit it and those that do not; for an adapter: the models."""
         verdicts = selectors.compatibility_for(self.get_object())

@@ -211,7 +211,7 @@ def test_the_schema_documents_the_error_shape_each_4xx_location_and_the_ca_bundl
     assert components["Error"]["required"] == ["detail"] and "errors" in components["Error"]["properties"]
     register = paths["/api/v1/models/"]["post"]["responses"]
     assert {"400", "401", "403", "404"} <= set(register) and register["404"]["content"] == error
-    assert set(paths["/api/v1/models/"]["get"]["responses"]) == {"200", "400", "401"}
+    assert set(paths["/api/v1/models/"]["get"]["responses"]) == {"200", "400", "401", "404", "406", "429"}
     assert paths["/api/v1/models/{id}/"]["delete"]["responses"]["409"]["content"] == error
     member = paths["/api/v1/workspaces/{workspace_pk}/members/{user_id}/"]
     assert {"403", "404", "409"} <= set(member["delete"]["responses"]) and "409" in member["patch"]["responses"]
