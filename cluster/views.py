@@ -37,11 +37,13 @@ def artifact_nodes(request, pk):
 def artifact_fetch(request, pk):
     artifact = get_for(request.user, Artifact.objects.all(), pk, write=True)
     form = FetchForm(request.POST)
-    if form.is_valid():
-        try:
-            services.artifact_fetch_request(artifact=artifact, node=form.cleaned_data["node"])
-        except DomainError as exc:
-            messages.error(request, exc.message)
+    if not form.is_valid():
+        messages.error(request, "Choose a node to fetch it to.")
+        return redirect(artifact)
+    try:
+        services.artifact_fetch_request(artifact=artifact, node=form.cleaned_data["node"])
+    except DomainError as exc:
+        messages.error(request, exc.message)
     return redirect(artifact)
 
 

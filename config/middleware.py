@@ -1,22 +1,70 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import unquote_to_bytes
 
 from django.conf import settings
 from django.contrib.auth.middleware import LoginRequiredMiddleware as DjangoLoginRequired
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 
 from config import ratelimit
 
+# What a page's form may be sent as: what browsers send (the console's forms take no files, but multipart is
+# still a form).
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
 
 class LoginRequiredMiddleware(DjangoLoginRequired):
-    """Every page requires an account. The API authenticates on its own (tokens
-    or session, in DRF) and answers 401/403 as JSON rather than a login redirect."""
+    """Every page requires an account, and well-formed input (page_input_refusal). The API authenticates
+    on its own (tokens or session, in DRF) and answers 401/403 as JSON rather than a login redirect."""
 
     def process_view(self, request, view_func, view_args, view_kwargs):
         if request.path_info.startswith("/api/"):
             return None
+        # Here rather than in a middleware of its own only because settings.MIDDLEWARE names this one.
+        if (refusal := page_input_refusal(request)) is not None:
+            return refusal
         return super().process_view(request, view_func, view_args, view_kwargs)
+
+
+def page_input_refusal(request) -> HttpResponse | None:
+    """The answer to a page request whose input no browser sends, or None: 415 for a body that is not
+    form data, 400 for a query or form that is not UTF-8. Django would otherwise read such input with
+    replacement characters (a name saved as "\ufffd\ufffd"), or ignore a JSON body and show the empty form.
+    Parsing the query and the form here also turns too many fields, an oversized body and a broken
+    multipart body into Django's 400 before any view runs."""
+    content_type = request.content_type or ""
+    # (request.body only where Django keeps it: a multipart body is read once, as a stream.)
+    if request.method in ("POST", "PUT", "PATCH", "DELETE") and content_type not in FORM_TYPES and request.body:
+        return _refuse(
+            415, "Pages take form data (application/x-www-form-urlencoded); the REST API, under /api/v1/, takes JSON."
+        )
+    request.GET, request.POST  # noqa: B018 (parsed for Django's own checks, which raise a 400)
+    scope = getattr(request, "scope", None)  # ASGI: the raw bytes; WSGI: Latin-1 text of the raw bytes
+    query = (
+        scope.get("query_string", b"")
+        if scope is not None
+        else request.META.get("QUERY_STRING", "").encode("latin-1", "replace")
+    )
+    form = request.body if content_type == "application/x-www-form-urlencoded" else b""
+    if not (_is_utf8_form(query) and _is_utf8_form(form)):
+        return _refuse(400, "The request's query or form is not UTF-8 text.")
+    return None
+
+
+def _is_utf8_form(encoded: bytes) -> bool:
+    """Whether each name and value of the urlencoded `encoded` is UTF-8 once unquoted."""
+    try:
+        for pair in encoded.split(b"&"):
+            for part in pair.split(b"=", 1):
+                unquote_to_bytes(part.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _refuse(status: int, message: str) -> HttpResponse:
+    return HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
 
 
 class ContentSecurityPolicyMiddleware:

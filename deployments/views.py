@@ -8,7 +8,7 @@ from django.conf import settings as django_settings
 from django.contrib import messages
 from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
@@ -133,8 +133,11 @@ def _act(request, pk, action):
     except DomainError as exc:
         messages.error(request, exc.message)
     back = request.POST.get("next", "")
-    if url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
-        return redirect(back)
+    # Only a path of this site: redirect() would take any other text for a URL name (a 500 when it is none).
+    if back.startswith("/") and url_has_allowed_host_and_scheme(
+        back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return HttpResponseRedirect(back)
     return redirect(deployment)
 
 
@@ -178,8 +181,9 @@ def adapter_attach(request, pk):
 def adapter_detach(request, pk, served_name):
     deployment = _deployment_for(request, pk, write=True)
     attached = deployment.adapters.filter(served_name=served_name).first()
-    if attached is not None:
-        services.adapter_detach(attached=attached)
+    if attached is None:
+        raise Http404("No adapter of this deployment is served under that name.")
+    services.adapter_detach(attached=attached)
     return redirect(deployment)
 
 

@@ -135,6 +135,7 @@ class ResourcesForm(StyledForm):
     kv_cache_gib = forms.FloatField(
         required=False,
         min_value=0.25,
+        max_value=1 << 20,  # 1 PiB: a bound that no node reaches, and that keeps the bytes an integer
         initial=vllm_args.DEFAULT_CPU_KV_CACHE_BYTES / GiB,
         label="KV cache (GiB)",
         help_text=f"CPU nodes: memory for the tokens in flight; blank for {vllm_args.DEFAULT_CPU_KV_CACHE_BYTES / GiB:g} GiB.",
@@ -227,12 +228,14 @@ class ServerForm(StyledForm):
     tensor_parallel_size = forms.IntegerField(
         required=False,
         min_value=1,
+        max_value=64,
         label="GPUs per server",
         help_text="GPU nodes: GPUs one server spans (tensor parallel); blank for one per GPU chosen, or 1.",
     )
     max_loras = forms.IntegerField(
         required=False,
         min_value=1,
+        max_value=1024,
         label="Max adapters in one batch",
         help_text="How many different adapters one batch of requests may use (vLLM's --max-loras); more can be "
         "attached, they take turns. Blank for the number chosen, at most "
@@ -246,6 +249,7 @@ class ServerForm(StyledForm):
     max_cpu_loras = forms.IntegerField(
         required=False,
         min_value=1,
+        max_value=1024,
         label="Adapters kept in memory",
         help_text="Adapters kept loaded (vLLM's --max-cpu-loras), at least the max in one batch; the others "
         "are loaded from disk on first use. Blank for vLLM's default, the max in one batch.",

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django import forms
 
 from accounts.forms import WorkspaceForm
+from config.forms import ModelMultipleIdsField
 from deployments.models import Deployment
 
 
@@ -12,7 +13,7 @@ class InferenceKeyForm(WorkspaceForm):
         choices=[("all", "Every deployment of the workspace, now and later"), ("chosen", "Only the deployments chosen")],
         initial="all", widget=forms.RadioSelect,
     )  # fmt: skip
-    deployments = forms.ModelMultipleChoiceField(queryset=None, required=False, widget=forms.CheckboxSelectMultiple)
+    deployments = ModelMultipleIdsField(queryset=None, required=False, widget=forms.CheckboxSelectMultiple)
     expires_at = forms.DateTimeField(
         required=False, label="Expires", help_text="Blank: never.",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),

@@ -113,6 +113,7 @@ class Gateway:
         if method != "POST":
             raise GatewayError(405, "method_not_allowed", f"{path} answers POST only.")
         caller = await self.authenticate_within_limits(scope)
+        _check_content_type(scope)
         raw = await _read_body(scope, receive)
         await self.complete(scope, receive, send, caller=caller, raw=raw, endpoint=endpoint)
 
@@ -274,6 +275,17 @@ class Gateway:
             raise GatewayError(403, "not_an_administrator", "Only an administrator's token may read /metrics.")
         body = self.metrics.render(usage_backlog=self.usage.backlog, usage_dropped=self.usage.dropped).encode()
         await asgi.send_whole(send, 200, body, content_type=b"text/plain; version=0.0.4; charset=utf-8")
+
+
+def _check_content_type(scope) -> None:
+    """Refuses (415) a body declared as anything but JSON: form data or text is a client's mistake, and vLLM
+    (FastAPI) would refuse it too. No Content-Type at all is taken as JSON, as vLLM takes it."""
+    declared = (asgi.header(scope, b"content-type") or b"").partition(b";")[0].strip().lower()
+    if declared and declared != b"application/json" and not declared.endswith(b"+json"):
+        raise GatewayError(
+            415, "unsupported_media_type",
+            f"Send the request body as JSON (Content-Type: application/json), not {declared.decode('latin-1')}.",
+        )  # fmt: skip
 
 
 async def _read_body(scope, receive) -> bytes:
