@@ -4,14 +4,24 @@ from django.db.models import Q, QuerySet
 
 from registry.models import Artifact, Compatibility, Connection
 
+# Columns the models and adapters lists (page and API) never show. Reading one of them on a row of such a
+# list costs a query per row: tests/test_list_queries.py counts them.
+LIST_DEFERRED = ("config", "connection__ca_bundle", "connection__encrypted_secrets")
+
 
 def connections_for(user) -> QuerySet[Connection]:
     return Connection.objects.filter(workspace__memberships__user=user).select_related("workspace")
 
 
 def artifacts_for(user, *, kind: str = "", status: str = "", source: str = "", search: str = "") -> QuerySet[Artifact]:
-    """The artifacts in `user`'s workspaces, filtered as the models list asks."""
-    qs = Artifact.objects.filter(workspace__memberships__user=user).select_related("workspace", "connection")
+    """The artifacts in `user`'s workspaces, filtered as the models list asks, for a list: with their workspace
+    and connection, and without what no list shows (the parsed config, the connection's CA bundle and sealed
+    secrets), which a page of 100 rows would otherwise read and decode for nothing."""
+    qs = (
+        Artifact.objects.filter(workspace__memberships__user=user)
+        .select_related("workspace", "connection")
+        .defer(*LIST_DEFERRED)
+    )
     if kind:
         qs = qs.filter(kind=kind)
     if status:
