@@ -214,17 +214,20 @@ def test_changing_an_endpoint_to_a_metadata_address_is_refused(cast, mallory, s3
 # 2. The console's own Redis ----------------------------------------------------
 
 
-def test_an_endpoint_at_the_consoles_redis_is_refused_when_saved_and_when_used(
-    cast, mallory, servers, settings, monkeypatch
-):
+@pytest.fixture(autouse=True)
+def _limits_stay_on_the_suites_redis(monkeypatch):
+    """Tests here point REDIS_URL at a listener, so that the fetch rules take its port for the console's Redis.
+    The rate limits go on counting in the suite's Redis meanwhile (their client would follow REDIS_URL), so
+    that every connection a listener sees is a fetch's."""
     from config import redis_client
 
-    suite_redis = redis_client.client()
+    suite = redis_client.client()
+    monkeypatch.setattr(redis_client, "client", lambda: suite)
+
+
+def test_an_endpoint_at_the_consoles_redis_is_refused_when_saved_and_when_used(cast, mallory, servers, settings):
     redis = servers.listener()
     settings.REDIS_URL = f"redis://127.0.0.1:{redis.port}/0"
-    # The fetch rules learn the listener's port as the console's Redis; the rate limits go on counting in the
-    # suite's, so every connection the listener sees would be a fetch's.
-    monkeypatch.setattr(redis_client, "_client", suite_redis)
 
     for endpoint in (f"http://127.0.0.1:{redis.port}/", f"http://localhost:{redis.port}/"):
         response = create_connection(mallory, cast.other, endpoint=endpoint, kind="hf")
