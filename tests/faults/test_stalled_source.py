@@ -10,13 +10,12 @@ import time
 import pytest
 
 from cluster import services
-from cluster.models import CachedArtifact, Node
 from registry import services as registry_services
 from registry.sources import open_source
 from registry.sources.base import StalledError, StallGuard, StallLimits
 from registry.tests.helpers import register_and_inspect, s3_connection
 from tests.support import artifacts as build
-from tests.support.agents import wait_for
+from tests.support.agents import fetch_settled, online_node, wait_for
 from tests.support.counting_proxy import CountingProxy
 
 KiB = 1024
@@ -26,22 +25,6 @@ READ_TIMEOUT = 4.0
 MIN_BYTES_PER_SECOND = 4096
 WINDOW = 6.0
 SLACK = 8.0  # the agent's own work around a failure: closing streams, writing the outcome
-
-
-def alpha() -> Node:
-    """The node, once its agent reports (on a loaded machine a heartbeat can come late)."""
-    return wait_for(
-        lambda: (node := Node.objects.get(name="alpha")).is_online and node, timeout=30, what="alpha to be online"
-    )
-
-
-def settled(cached: CachedArtifact, timeout: float = 120) -> CachedArtifact:
-    def ended():
-        cached.refresh_from_db()
-        return cached.status not in CachedArtifact.ACTIVE
-
-    wait_for(ended, timeout=timeout, what=f"the fetch of {cached.artifact.name} to end")
-    return cached
 
 
 # The guard itself, counting reads (pure logic, real clock) ----------------------------------------
@@ -128,10 +111,10 @@ def test_a_stalled_store_fails_its_fetch_in_time_while_the_node_fetches_another(
     # the big file's body can take the store past 2 MiB, so the stall comes mid-body, as from a failing link.
     proxy.slow_down(after=2 * MiB, drip_every=0.5 if stall == "drips" else None)
 
-    stalled = services.artifact_fetch_request(artifact=slow, node=alpha())
+    stalled = services.artifact_fetch_request(artifact=slow, node=online_node("alpha"))
     wait_for(lambda: proxy.slowed_at, timeout=60, what="the store to stall mid-download")
-    other = settled(services.artifact_fetch_request(artifact=fine, node=alpha()))
-    stalled = settled(stalled)
+    other = fetch_settled(services.artifact_fetch_request(artifact=fine, node=online_node("alpha")))
+    stalled = fetch_settled(stalled)
     proxy.close()
 
     assert other.status == "ready", other.error

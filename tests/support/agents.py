@@ -80,3 +80,22 @@ def wait_for(condition, *, timeout: float = 60, every: float = 0.1, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(every)
+
+
+def online_node(name: str):
+    """The node `name`, read now and once its agent has reported within three heartbeats (a row read once
+    says "offline" three heartbeats later; on a loaded machine a heartbeat can come late)."""
+    from cluster.models import Node
+
+    return wait_for(lambda: (n := Node.objects.get(name=name)).is_online and n, timeout=30, what=f"{name} online")
+
+
+def fetch_settled(cached, timeout: float = 120):
+    """`cached` (a CachedArtifact) once its fetch has ended, refreshed."""
+
+    def ended():
+        cached.refresh_from_db()
+        return cached.status not in cached.ACTIVE
+
+    wait_for(ended, timeout=timeout, what=f"the fetch of {cached.artifact.name} to end")
+    return cached
