@@ -15,7 +15,7 @@ from django.utils.text import slugify
 
 from audit.services import audit_record
 from cluster import services as cluster_services
-from cluster.models import Accelerator, Node
+from cluster.models import Accelerator, CachedArtifact, Node
 from config import changes, jobs
 from config.errors import DomainError
 from config.vault import seal
@@ -624,12 +624,26 @@ def deployment_start(*, deployment: Deployment) -> Deployment:
     if deployment.desired == Deployment.Desired.RUNNING and not deployment.is_terminal:
         raise DomainError("It is already running or starting.")
     with transaction.atomic():
+        _refetch_failed_base(deployment)
         Deployment.objects.filter(pk=deployment.pk).update(
             desired=Deployment.Desired.RUNNING, failures=0, next_start_at=None
         )
         audit_record(action="deployment.start", target=deployment)
         _nudge(deployment)
         return _move(deployment=deployment, to=lifecycle.PENDING, reason="Start requested.")
+
+
+def _refetch_failed_base(deployment: Deployment) -> None:
+    """Asks again for the base model when its fetch to the deployment's node failed: the supervisor fails a
+    deployment whose base could not be fetched, so without a new fetch a Start would fail at once with the old
+    reason. Raises DomainError (the node is offline, the model is no longer ready) for the person to act on."""
+    if deployment.node is None:
+        return
+    failed = CachedArtifact.objects.filter(
+        node=deployment.node, artifact=deployment.base, status=CachedArtifact.Status.FAILED
+    ).exists()
+    if failed:
+        cluster_services.artifact_fetch_request(artifact=deployment.base, node=deployment.node)
 
 
 def deployment_delete(*, deployment: Deployment) -> None:

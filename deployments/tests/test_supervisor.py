@@ -253,6 +253,20 @@ def test_a_failed_base_model_fetch_fails_the_deployment_with_the_reason(failing_
     assert (d.status, d.status_reason) == ("failed", f"Fetching {d.base.name} failed: No space left on device.")
 
 
+@pytest.mark.demo
+def test_starting_again_after_a_failed_base_model_fetch_asks_for_the_fetch_again(failing_adapter, tmp_path):
+    deployment, _, _ = failing_adapter
+    CachedArtifact.objects.filter(artifact=deployment.base).update(status="failed", error="No space left on device.")
+    fetched(tmp_path, deployment)
+
+    services.deployment_start(deployment=Deployment.objects.get(pk=deployment.pk))
+
+    assert CachedArtifact.objects.get(artifact=deployment.base).status == "queued"
+    assert fetched(tmp_path, deployment) is None
+    d = Deployment.objects.get(pk=deployment.pk)
+    assert (d.status, d.status_reason) == ("fetching", f"Fetching {d.base.name} to {d.node.name}.")
+
+
 @pytest.mark.django_db
 @pytest.mark.demo
 def test_a_server_that_cannot_be_started_at_all_is_a_crash_with_the_reason(cast, tmp_path, settings):
