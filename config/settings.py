@@ -312,6 +312,9 @@ PLUGBOARD_VLLM_PYTHON = Path(env.str("PLUGBOARD_VLLM_PYTHON", default=str(BASE_D
 PLUGBOARD_GATEWAY_MAX_BODY_BYTES = env.int("PLUGBOARD_GATEWAY_MAX_BODY_BYTES", default=4 * 1024 * 1024)
 PLUGBOARD_GATEWAY_CONNECT_TIMEOUT = env.float("PLUGBOARD_GATEWAY_CONNECT_TIMEOUT", default=5.0)
 PLUGBOARD_GATEWAY_READ_TIMEOUT = env.float("PLUGBOARD_GATEWAY_READ_TIMEOUT", default=300.0)
+# The seconds a client has to send its whole request body: one that drips a byte a minute is answered 408
+# instead of holding a connection (and a slot of the web process) for as long as it likes.
+PLUGBOARD_GATEWAY_BODY_TIMEOUT = env.float("PLUGBOARD_GATEWAY_BODY_TIMEOUT", default=30.0)
 
 # Rate limits: "requests/seconds" (or just "requests", per minute); 0 turns one off. Counted in Redis across
 # all web processes (config/ratelimit.py); over a limit is 429 with Retry-After. Per address is the client's

@@ -289,6 +289,18 @@ def _check_content_type(scope) -> None:
 
 
 async def _read_body(scope, receive) -> bytes:
+    """The request body, whole, within the size limit and the body timeout."""
+    seconds = settings.PLUGBOARD_GATEWAY_BODY_TIMEOUT
+    try:
+        async with asyncio.timeout(seconds):
+            return await _receive_body(scope, receive)
+    except TimeoutError:
+        raise GatewayError(
+            408, "request_timeout", f"The request body did not arrive within {seconds:g} s; send it whole and promptly."
+        ) from None
+
+
+async def _receive_body(scope, receive) -> bytes:
     limit = settings.PLUGBOARD_GATEWAY_MAX_BODY_BYTES
     declared = asgi.header(scope, b"content-length")
     too_large = GatewayError(

@@ -28,9 +28,10 @@ def upstream(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def impatient_console(django_db_setup, django_db_blocker, tmp_path_factory):
-    """A console whose gateway gives up on a model server after 2 s of silence."""
+    """A console whose gateway gives up on a model server after 2 s of silence, and on a client that has not
+    sent its whole request body after 2 s."""
     with django_db_blocker.unblock():
-        env = console_env(PLUGBOARD_GATEWAY_READ_TIMEOUT="2")
+        env = console_env(PLUGBOARD_GATEWAY_READ_TIMEOUT="2", PLUGBOARD_GATEWAY_BODY_TIMEOUT="2")
     server = UvicornServer(
         "config.asgi:application", log_path=tmp_path_factory.mktemp("console") / "web.log", env=env
     ).start()

@@ -6,7 +6,10 @@ gateway is in deployments/tests/test_vllm_e2e.py."""
 from __future__ import annotations
 
 import json
+import socket
+import time
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import openai
 import pytest
@@ -232,6 +235,24 @@ def test_an_upstream_that_stalls_mid_stream_times_out_with_an_error_event(impati
     events = [e for e in response.text.split("\n\n") if e]
     assert len(events) == 4 and json.loads(events[-1].removeprefix("data: "))["error"]["code"] == "upstream_timeout"
     usage_of(status=504)  # the impatient console has written what it holds before the test's data goes
+
+
+def test_a_client_that_sends_its_body_too_slowly_gets_408_and_holds_nothing(impatient_console, key):
+    host, port = urlsplit(impatient_console.url).hostname, urlsplit(impatient_console.url).port
+    began = time.monotonic()
+    with socket.create_connection((host, port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {key}\r\nContent-Length: 200\r\n\r\n".encode()
+            + b'{"model": "fake", '  # and nothing more: the rest of the 200 bytes never comes
+        )
+        answer = conn.recv(65536).decode()
+    took = time.monotonic() - began
+    status, _, rest = answer.partition("\r\n")
+    assert status == "HTTP/1.1 408 Request Timeout", answer[:300]
+    assert json.loads(rest.partition("\r\n\r\n")[2])["error"]["code"] == "request_timeout"
+    assert 1.5 < took < 6, f"answered after {took:.1f} s; the body timeout is 2 s"
+    assert post(impatient_console, key, {"model": "fake", "messages": CHAT}).status_code == 200
 
 
 def test_a_client_that_disconnects_cancels_the_upstream_request(console, key, upstream):
