@@ -135,11 +135,11 @@ def agents(tmp_path, settings):
 @pytest.fixture(scope="session")
 def console(django_db_setup, django_db_blocker, tmp_path_factory):
     """The console's web process (uvicorn, as `make run` starts it) on the test database, for the whole session.
-    Its gateway takes request bodies up to 64 KiB."""
+    Its gateway takes request bodies up to 64 KiB; its pages wait 5 s for a whole body."""
     from tests.support.web import UvicornServer, console_env
 
     with django_db_blocker.unblock():
-        env = console_env(PLUGBOARD_GATEWAY_MAX_BODY_BYTES=str(64 * 1024))
+        env = console_env(PLUGBOARD_GATEWAY_MAX_BODY_BYTES=str(64 * 1024), PLUGBOARD_BODY_TIMEOUT="5")
     server = UvicornServer(
         "config.asgi:application", log_path=tmp_path_factory.mktemp("console") / "web.log", env=env
     ).start()

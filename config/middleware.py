@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 from urllib.parse import unquote_to_bytes
 
@@ -102,11 +103,12 @@ class ApiRateLimitMiddleware:
 
 
 class RequestBodyLimit:
-    """ASGI: refuses (413) a request body over DATA_UPLOAD_MAX_MEMORY_SIZE before Django buffers it.
-    Django's ASGI handler reads a whole body into a temporary file before any view runs, and applies the
-    limit only when a view reads request.body: a large or endless chunked upload would fill the disk first.
-    The console takes no file uploads, so no legitimate request comes near the limit. The gateway (/v1/)
-    has its own limit and is not wrapped."""
+    """ASGI: refuses (413) a request body over DATA_UPLOAD_MAX_MEMORY_SIZE before Django buffers it, and
+    (408) one that has not arrived whole within PLUGBOARD_BODY_TIMEOUT. Django's ASGI handler reads a whole
+    body into a temporary file before any view runs, and applies the limit only when a view reads
+    request.body: a large or endless chunked upload would fill the disk first, and one dripped a byte a
+    minute would hold its connection for as long as the client liked. The console takes no file uploads,
+    so no legitimate request comes near either. The gateway (/v1/) has its own limits and is not wrapped."""
 
     def __init__(self, app):
         self.app = app
@@ -118,29 +120,40 @@ class RequestBodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await _too_large(send, limit)
+            await _send_refusal(send, 413, f"The request body is over the console's limit of {limit} bytes.")
             return
-        received, refused = 0, False
+        deadline = asyncio.get_running_loop().time() + settings.PLUGBOARD_BODY_TIMEOUT
+        received, refused, whole = 0, False, False
 
         async def counted_receive():
-            nonlocal received, refused
+            nonlocal received, refused, whole
             if refused:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if whole:  # Django listens for the client leaving while a view runs: no deadline on that
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                # Answered here; Django sees the client leave and answers nothing.
+                refused = True
+                seconds = settings.PLUGBOARD_BODY_TIMEOUT
+                await _send_refusal(send, 408, f"The request body did not arrive within {seconds:g} s.")
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                whole = not message.get("more_body", False)
                 if received > limit:
-                    # Answered here; Django sees the client leave and answers nothing.
                     refused = True
-                    await _too_large(send, limit)
+                    await _send_refusal(send, 413, f"The request body is over the console's limit of {limit} bytes.")
                     return {"type": "http.disconnect"}
             return message
 
         await self.app(scope, counted_receive, send)
 
 
-async def _too_large(send, limit: int) -> None:
-    body = json.dumps({"detail": f"The request body is over the console's limit of {limit} bytes."}).encode()
+async def _send_refusal(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

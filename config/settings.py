@@ -353,6 +353,8 @@ PLUGBOARD_SIGNIN_MAX_LOCK_SECONDS = env.int("PLUGBOARD_SIGNIN_MAX_LOCK_SECONDS",
 # The largest request body the console reads: form posts, and every body of the REST API (413 over it,
 # config/api.py and config/parsers.py). The gateway has its own limit above.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("PLUGBOARD_MAX_BODY_BYTES", default=2 * 1024 * 1024)
+# The seconds a client has to send a whole body (408 after; config/middleware.py, RequestBodyLimit).
+PLUGBOARD_BODY_TIMEOUT = env.float("PLUGBOARD_BODY_TIMEOUT", default=30.0)
 
 # Production hardening. PLUGBOARD_HTTPS says the console is reached over HTTPS (directly, or through a proxy
 # that terminates TLS: then set PLUGBOARD_BEHIND_PROXY too, and have the proxy send X-Forwarded-Proto): cookies

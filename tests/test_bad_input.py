@@ -21,6 +21,8 @@ Each test prints how many inputs it tried and what came back (`pytest -s`): the 
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -778,3 +780,21 @@ def test_the_web_process_refuses_a_page_body_over_the_cap_and_a_query_that_is_no
     for query in (INVALID_UTF8, "%C3%28"):
         response = requests.get(f"{url}?search={query}", timeout=30, allow_redirects=False)
         assert response.status_code == 400 and "UTF-8" in response.text, (query, response.status_code)
+
+
+def test_the_web_process_answers_408_to_a_page_body_that_does_not_arrive_in_time(console):
+    """A client that sends its headers and then drips (or withholds) the body gets a 408 once the console's
+    body timeout has passed (5 s for this console), and holds nothing after."""
+    url = urlsplit(console.url)
+    began = time.monotonic()
+    with socket.create_connection((url.hostname, url.port), timeout=30) as conn:
+        conn.sendall(
+            f"POST {reverse('accounts:settings')} HTTP/1.1\r\nHost: console\r\n".encode()
+            + b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nname="
+        )
+        answer = conn.recv(65536).decode()
+    took = time.monotonic() - began
+    assert answer.startswith("HTTP/1.1 408 "), answer[:300]
+    assert "did not arrive within 5 s" in answer
+    assert 4 < took < 15, f"answered after {took:.1f} s; the body timeout is 5 s"
+    assert requests.get(console.url + "/healthz", timeout=10).status_code == 200
