@@ -40,6 +40,9 @@ def page_input_refusal(request) -> HttpResponse | None:
         return _refuse(
             415, "Pages take form data (application/x-www-form-urlencoded); the REST API, under /api/v1/, takes JSON."
         )
+    # Pages take no files, so a multipart body is text throughout: read whole (it is capped) before Django
+    # parses it, since Django reads each part's bytes as UTF-8 with replacement characters.
+    multipart = request.body if content_type == "multipart/form-data" else b""
     request.GET, request.POST  # noqa: B018 (parsed for Django's own checks, which raise a 400)
     scope = getattr(request, "scope", None)  # ASGI: the raw bytes; WSGI: Latin-1 text of the raw bytes
     query = (
@@ -48,9 +51,17 @@ def page_input_refusal(request) -> HttpResponse | None:
         else request.META.get("QUERY_STRING", "").encode("latin-1", "replace")
     )
     form = request.body if content_type == "application/x-www-form-urlencoded" else b""
-    if not (_is_utf8_form(query) and _is_utf8_form(form)):
+    if not (_is_utf8_form(query) and _is_utf8_form(form) and _is_utf8(multipart)):
         return _refuse(400, "The request's query or form is not UTF-8 text.")
     return None
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _is_utf8_form(encoded: bytes) -> bool:

@@ -97,6 +97,17 @@ def _form_bytes(fields: dict[str, list[str]]) -> bytes:
     return urlencode([(k, v) for k, values in fields.items() for v in values]).encode()
 
 
+def _multipart(fields: dict[str, list[str]]) -> bytes:
+    """`fields` as multipart/form-data with the boundary zz; lone surrogates stand for raw bytes (\\udcff is
+    the byte 0xFF), so that a value can be bytes that are not UTF-8."""
+    parts = [
+        f'--zz\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, values in fields.items()
+        for value in values
+    ]
+    return ("".join(parts) + "--zz--\r\n").encode("utf-8", "surrogateescape")
+
+
 BODY_CASES: dict[str, BodyCase] = {
     "an unknown field": BodyCase(
         "application/x-www-form-urlencoded",
@@ -115,6 +126,9 @@ BODY_CASES: dict[str, BodyCase] = {
         (200, 302, 400, 404),
     ),
     "multipart without a boundary": BodyCase("multipart/form-data", lambda f: b"x", (400,)),
+    "multipart form data that is not UTF-8": BodyCase(
+        "multipart/form-data; boundary=zz", lambda f: _multipart({**f, "name": ["\udcff\udcfe"]}), (400,)
+    ),
     "form data that is not UTF-8 (raw bytes)": BodyCase(
         "application/x-www-form-urlencoded", lambda f: _form_bytes(f) + b"&name=\xff\xfe", (400,)
     ),
