@@ -145,3 +145,19 @@ def console(django_db_setup, django_db_blocker, tmp_path_factory):
     ).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream(tmp_path_factory):
+    """A small OpenAI-compatible server on loopback for the whole session (tests/support/openai_upstream.py),
+    which tests/support/deployments.py makes a deployment's server; its /stats counts what reached it."""
+    from tests.support.deployments import UPSTREAM_KEY
+    from tests.support.web import UvicornServer
+
+    server = UvicornServer(
+        "tests.support.openai_upstream:app",
+        log_path=tmp_path_factory.mktemp("upstream") / "upstream.log",
+        env={"UPSTREAM_API_KEY": UPSTREAM_KEY},
+    ).start()
+    yield server
+    server.stop()

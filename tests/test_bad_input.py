@@ -44,8 +44,7 @@ from deployments.models import Deployment
 from tests.security.conftest import MatrixSide, build_matrix_world
 from tests.security.test_permission_matrix import ROWS, VALUE_KINDS, collected_urls
 from tests.support.agents import wait_for
-from tests.support.deployments import UPSTREAM_KEY, serve_from
-from tests.support.web import UvicornServer
+from tests.support.deployments import serve_from
 
 # Pages ------------------------------------------------------------------------------------------------
 
@@ -698,17 +697,6 @@ GATEWAY_CASES: dict[str, GatewayCase] = {
 }
 
 
-@pytest.fixture(scope="module")
-def bad_input_upstream(tmp_path_factory):
-    server = UvicornServer(
-        "tests.support.openai_upstream:app",
-        log_path=tmp_path_factory.mktemp("upstream") / "upstream.log",
-        env={"UPSTREAM_API_KEY": UPSTREAM_KEY},
-    ).start()
-    yield server
-    server.stop()
-
-
 def _upstream_requests(upstream) -> int:
     return requests.get(upstream.url + "/stats", timeout=10).json()["requests"]
 
@@ -733,13 +721,11 @@ def _openai_error_problem(response: requests.Response, case: GatewayCase) -> str
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_gateway_refuses_malformed_requests_in_openais_shape_and_forwards_none_of_them(
-    console, bad_input_upstream, tmp_path
-):
+def test_the_gateway_refuses_malformed_requests_in_openais_shape_and_forwards_none_of_them(console, upstream, tmp_path):
     world = build_matrix_world(tmp_path)
     deployment = Deployment.objects.get(pk=world.a.value("deployment"))
     Deployment.objects.filter(pk=deployment.pk).update(desired=Deployment.Desired.RUNNING)
-    serve_from(deployment, bad_input_upstream)
+    serve_from(deployment, upstream)
     changes.announce()  # the console drops what it holds of earlier tests' rows
     key = world.a.key_raw
     problems, outcomes = [], Counter()
@@ -749,20 +735,20 @@ def test_the_gateway_refuses_malformed_requests_in_openais_shape_and_forwards_no
         return requests.request(case.method, console.url + case.path, data=case.body, headers=headers, timeout=15)
 
     # The route works: a good request reaches the upstream (so each refusal below is the gateway's own).
-    before = _upstream_requests(bad_input_upstream)
+    before = _upstream_requests(upstream)
     ok = send(_case(chat(), 200, None))
     assert ok.status_code == 200 and ok.json()["choices"], ok.text
-    assert _upstream_requests(bad_input_upstream) == before + 1
+    assert _upstream_requests(upstream) == before + 1
 
     for label, case in GATEWAY_CASES.items():
-        before = _upstream_requests(bad_input_upstream)
+        before = _upstream_requests(upstream)
         try:
             response = send(case)
         except requests.RequestException as exc:  # a hung request times out here
             problems.append(f"{label}: {type(exc).__name__}: {exc}")
             continue
         outcomes[response.status_code] += 1
-        forwarded = _upstream_requests(bad_input_upstream) - before
+        forwarded = _upstream_requests(upstream) - before
         if response.status_code != case.status:
             problems.append(f"{label}: {response.status_code}, not {case.status} ({response.text[:200]})")
         elif case.code is not None and (problem := _openai_error_problem(response, case)):

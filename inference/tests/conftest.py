@@ -1,7 +1,6 @@
-"""The gateway's fixtures: a small OpenAI-compatible upstream, a real server
-on loopback for the whole session (tests/support/deployments.py makes it a
-deployment's server), and a console that gives up on servers quickly. The
-console's web process is the `console` fixture of the root conftest.py."""
+"""The gateway's fixtures: a console that gives up on servers and clients quickly. The console's web
+process and the small OpenAI-compatible upstream are the `console` and `upstream` fixtures of the root
+conftest.py."""
 
 from __future__ import annotations
 
@@ -11,19 +10,7 @@ import requests
 from accounts.services import api_token_create
 from config import changes
 from tests.support.agents import wait_for
-from tests.support.deployments import UPSTREAM_KEY
 from tests.support.web import UvicornServer, console_env
-
-
-@pytest.fixture(scope="session")
-def upstream(tmp_path_factory):
-    server = UvicornServer(
-        "tests.support.openai_upstream:app",
-        log_path=tmp_path_factory.mktemp("upstream") / "upstream.log",
-        env={"UPSTREAM_API_KEY": UPSTREAM_KEY},
-    ).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
