@@ -53,7 +53,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from config import keys
+from bench import scratch
+from bench.scratch import log
 from tests.support.s3_server import free_port
 
 try:
@@ -81,10 +82,6 @@ DISTURBED_CORES = 0.25
 # role and an empty or null content, which is not a token yet).
 CONTENT = re.compile(rb'"content":\s*"[^"]')
 TOKEN = b'"tok "'
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 class Unavailable(Exception):
@@ -395,20 +392,6 @@ def run_async(coroutine):
 # --- Set-up ------------------------------------------------------------------------
 
 
-def setup_django(var_dir: Path) -> None:
-    """A fresh SQLite database and the embedded Redis under `var_dir`, for the gateway and for this process."""
-    import django
-
-    django.setup()
-    from django.conf import settings
-    from django.core.management import call_command
-
-    from config import embedded_redis
-
-    embedded_redis.ensure_running(settings.REDIS_URL)
-    call_command("migrate", verbosity=0)
-
-
 def create_rows(upstream_port: int, upstream_key: str, cache_dir: Path) -> str:
     """The rows the gateway routes by: a workspace, a node, a base model, a ready deployment served by the
     upstream, and a gateway key for the workspace. Returns the raw key."""
@@ -573,15 +556,11 @@ def main() -> int:
         parser.error("--profile needs py-spy (pip install py-spy, into .venv-litellm for instance)")
     profiles: dict[str, Path] = {}
 
-    tmp = Path(tempfile.mkdtemp(prefix="plugboard-bench-gateway-"))
-    (tmp / "staticfiles").mkdir()  # Django's static files middleware warns about a missing STATIC_ROOT otherwise
-    # Before Django is imported: a fresh SQLite file and embedded Redis under tmp, for this process and the gateway.
-    for name in ("DATABASE_URL", "REDIS_URL"):
-        os.environ.pop(name, None)
-    os.environ.update(PLUGBOARD_VAR_DIR=str(tmp), DJANGO_SETTINGS_MODULE="config.settings")
-    # The console's keys, as `make run` writes them; and rate limits far above what the load reaches, which
-    # are still counted, so the figures include the limiter's cost.
-    keys.ensure_files(tmp)
+    # Before Django is imported: a fresh SQLite file and embedded Redis in a folder of its own, for this process
+    # and the gateway; and rate limits far above what the load reaches, which are still counted, so the figures
+    # include the limiter's cost.
+    world = scratch.prepare("plugboard-bench-gateway-", database_suffix=None)
+    tmp = world.tmp
     os.environ.update(
         PLUGBOARD_RATE_LIMIT_GATEWAY_PER_ADDRESS="100000000", PLUGBOARD_RATE_LIMIT_GATEWAY_PER_KEY="100000000"
     )
@@ -608,16 +587,12 @@ def main() -> int:
     problems: dict[str, str] = {}
     checks: dict[str, str] = {}
     results: dict[str, dict[int, dict]] = {}
-    redis_url = None
     try:
         before, at = host_cpu(), time.monotonic()
         time.sleep(1)
         if (busy := (host_cpu() - before) / (time.monotonic() - at)) > DISTURBED_CORES:
             log(f"WARNING: the host is busy ({busy:.2f} cores used by other processes); the figures will be noisy")
-        setup_django(tmp)
-        from django.conf import settings
-
-        redis_url = settings.REDIS_URL
+        world.start()
         upstream_key, master_key = secrets.token_urlsafe(16), "sk-" + secrets.token_urlsafe(16)
 
         upstream_port = free_port()
@@ -735,20 +710,10 @@ def main() -> int:
         log("stopping the servers")
         for server in reversed(servers):
             server.stop()
-        if redis_url is not None:
-            from django.db import connections
-
-            from config import embedded_redis
-
-            connections.close_all()
-            embedded_redis.stop(redis_url)
         for name, path in profiles.items():
             print(f"\nprofile of {name} (py-spy):")
             print(summarize_profile(path) if path.exists() else f"{path}: py-spy wrote nothing")
-        if args.keep:
-            log(f"kept {tmp} (server logs, database)")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        world.close(keep=args.keep)
 
 
 if __name__ == "__main__":

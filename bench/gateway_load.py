@@ -42,15 +42,14 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import signal
 import statistics
-import tempfile
 import time
 from collections import Counter
 
 import aiohttp
 
+from bench import scratch
 from bench.gateway import (
     REQUEST_TIMEOUT,
     TOKENS,
@@ -68,8 +67,6 @@ from bench.gateway import (
     usage_records,
     uvicorn_argv,
 )
-from bench.registry_list import recreate_postgres, scratch_database
-from config import keys
 from tests.support.s3_server import free_port
 
 TARGET_GROWTH_MB = 50.0
@@ -203,23 +200,16 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) and the database")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="plugboard-bench-load-"))
-    (tmp / "staticfiles").mkdir()
-    os.environ.update(PLUGBOARD_VAR_DIR=str(tmp), DJANGO_SETTINGS_MODULE="config.settings")
-    keys.ensure_files(tmp)  # the console's keys, as `make run` writes them
     os.environ.update(
         PLUGBOARD_RATE_LIMIT_GATEWAY_PER_ADDRESS=RATE_LIMIT, PLUGBOARD_RATE_LIMIT_GATEWAY_PER_KEY=RATE_LIMIT
     )
-    url = os.environ.get("DATABASE_URL", "")
-    scratch = None
-    if url.startswith(("postgres://", "postgresql://")):
-        os.environ["DATABASE_URL"], scratch = scratch_database(url, suffix="_bench_gateway")
-        recreate_postgres(url, scratch)
-        where = f"PostgreSQL database {scratch} (created for this run)"
-    else:
-        os.environ.pop("DATABASE_URL", None)
-        os.environ.pop("REDIS_URL", None)
-        where = f"SQLite in {tmp} (NOT production's topology: set DATABASE_URL and REDIS_URL)"
+    world = scratch.prepare("plugboard-bench-load-", database_suffix="_bench_gateway")
+    tmp = world.tmp
+    where = (
+        f"{world.where} (created for this run)"
+        if world.database
+        else (f"{world.where} (NOT production's topology: set DATABASE_URL and REDIS_URL)")
+    )
 
     def terminate(signum, _frame):
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
@@ -228,18 +218,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGINT, terminate)
     servers: list[Server] = []
-    redis_started = False
     try:
-        import django
-
-        django.setup()
+        world.start()
         from django.conf import settings
-        from django.core.management import call_command
 
-        from config import embedded_redis
-
-        redis_started = embedded_redis.ensure_running(settings.REDIS_URL)
-        call_command("migrate", verbosity=0)
         log(f"database: {where}; Redis: {settings.REDIS_URL}")
         print(f"rate limits: gateway per address and per key set to {RATE_LIMIT} for this run (still counted)")
 
@@ -298,21 +280,7 @@ def main() -> int:
         log("stopping the servers")
         for server in reversed(servers):
             server.stop()
-        from django.db import connections
-
-        connections.close_all()
-        if redis_started:
-            from django.conf import settings
-
-            from config import embedded_redis
-
-            embedded_redis.stop(settings.REDIS_URL)
-        if scratch and not args.keep:
-            recreate_postgres(url, scratch, drop_only=True)
-        if args.keep:
-            log(f"kept {tmp}" + (f" and the database {scratch}" if scratch else ""))
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        world.close(keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,11 @@ import io
 import json
 import os
 import pstats
-import shutil
 import statistics
-import tempfile
 import time
-from urllib.parse import urlsplit, urlunsplit
+
+from bench import scratch
+from bench.scratch import log
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_P95_MS = 100.0
@@ -60,47 +60,6 @@ BASE_FILES = [  # (path, size) as a hub repository of a small model lists them
 ]
 ADAPTER_FILES = [("README.md", 5_102), ("adapter_config.json", 702), ("adapter_model.safetensors", 9_853_368)]
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# --- The database ------------------------------------------------------------------
-
-
-def scratch_database(url: str, *, suffix: str = "_bench_registry") -> tuple[str, str]:
-    """(URL of the scratch database, its name) for a PostgreSQL `url`: the same server, the name + `suffix`."""
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/") + suffix
-    return urlunsplit(parts._replace(path="/" + name)), name
-
-
-def recreate_postgres(url: str, name: str, *, drop_only: bool = False) -> None:
-    """Drops the database `name` on `url`'s server (its connections too) and creates it again, empty."""
-    import psycopg
-    from psycopg import sql
-
-    admin = urlunsplit(urlsplit(url)._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        if not drop_only:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def setup_django() -> bool:
-    """Migrates the database; starts the embedded Redis if REDIS_URL names none. Returns whether it did."""
-    import django
-
-    django.setup()
-    from django.conf import settings
-    from django.core.management import call_command
-
-    from config import embedded_redis
-
-    started = embedded_redis.ensure_running(settings.REDIS_URL)
-    call_command("migrate", verbosity=0)
-    return started
 
 
 # --- Filling it ----------------------------------------------------------------------
@@ -359,29 +318,18 @@ def main() -> int:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
 
-    tmp = Path(tempfile.mkdtemp(prefix="plugboard-bench-registry-"))
-    (tmp / "staticfiles").mkdir()
-    os.environ.update(PLUGBOARD_VAR_DIR=str(tmp), DJANGO_SETTINGS_MODULE="config.settings", DEBUG="false")
     # Hundreds of requests a minute from one caller: the API's per-caller and per-address limits would
     # answer 429 long before the end. Far above the load, so they are still counted (and cost what they cost).
     os.environ.update(PLUGBOARD_RATE_LIMIT_API_PER_ADDRESS="100000000", PLUGBOARD_RATE_LIMIT_API_PER_CALLER="100000000")
-    from config import keys
-
-    keys.ensure_files(tmp)
-    url = os.environ.get("DATABASE_URL", "")
-    scratch = None
-    if url.startswith(("postgres://", "postgresql://")):
-        os.environ["DATABASE_URL"], scratch = scratch_database(url)
-        if not args.reuse:
-            recreate_postgres(url, scratch)
-        where = f"PostgreSQL database {scratch} ({'a --keep run left' if args.reuse else 'created for this run'})"
+    os.environ["DEBUG"] = "false"
+    world = scratch.prepare("plugboard-bench-registry-", database_suffix="_bench_registry", reuse=args.reuse)
+    if world.database:
+        where = f"{world.where} ({'a --keep run left' if args.reuse else 'created for this run'})"
     else:
-        os.environ.pop("DATABASE_URL", None)
-        where = f"SQLite {tmp / 'db.sqlite3'}"
-    redis_started = False
+        where = world.where
     try:
-        log(f"database: {where}; Redis: {os.environ.get('REDIS_URL') or 'embedded, in ' + str(tmp)}")
-        redis_started = setup_django()
+        log(f"database: {where}; Redis: {os.environ.get('REDIS_URL') or 'embedded, in ' + str(world.tmp)}")
+        world.start()
         from django.conf import settings
         from django.contrib.auth import get_user_model
         from django.test import Client
@@ -451,21 +399,7 @@ def main() -> int:
             args.json.write_text(json.dumps({"results": results, "verdicts": verdicts}, indent=2) + "\n")
         return 0 if all(v["same_queries"] and v["p95_met"] for v in verdicts.values()) else 1
     finally:
-        from django.db import connections
-
-        connections.close_all()
-        if redis_started:
-            from django.conf import settings
-
-            from config import embedded_redis
-
-            embedded_redis.stop(settings.REDIS_URL)
-        if scratch and not args.keep:
-            recreate_postgres(url, scratch, drop_only=True)
-        if args.keep:
-            log(f"kept {tmp}" + (f" and the database {scratch}" if scratch else ""))
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        world.close(keep=args.keep)
 
 
 if __name__ == "__main__":
