@@ -16,16 +16,27 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 class LoginRequiredMiddleware(DjangoLoginRequired):
-    """Every page requires an account, and well-formed input (page_input_refusal). The API authenticates
-    on its own (tokens or session, in DRF) and answers 401/403 as JSON rather than a login redirect."""
+    """Every page requires an account. The API authenticates on its own (tokens or session, in DRF) and
+    answers 401/403 as JSON rather than a login redirect."""
 
     def process_view(self, request, view_func, view_args, view_kwargs):
         if request.path_info.startswith("/api/"):
             return None
-        # Here rather than in a middleware of its own only because settings.MIDDLEWARE names this one.
-        if (refusal := page_input_refusal(request)) is not None:
-            return refusal
         return super().process_view(request, view_func, view_args, view_kwargs)
+
+
+class PageInputMiddleware:
+    """Pages take well-formed input only (page_input_refusal). Listed before Django's CSRF check, which reads
+    the form: a multipart body is a stream that can be read only once, and this reads it whole first. The
+    API parses its own bodies (DRF) and answers its own errors."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if not request.path_info.startswith("/api/") and (refusal := page_input_refusal(request)) is not None:
+            return refusal
+        return self.get_response(request)
 
 
 def page_input_refusal(request) -> HttpResponse | None:

@@ -782,6 +782,23 @@ def test_the_web_process_refuses_a_page_body_over_the_cap_and_a_query_that_is_no
         assert response.status_code == 400 and "UTF-8" in response.text, (query, response.status_code)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_web_process_checks_multipart_form_data_behind_its_csrf_check(console):
+    """As a browser posts, with the CSRF cookie and token (which Django's CSRF check reads from the form before
+    any view): multipart form data is read and checked like urlencoded data, a sign-in form that is not UTF-8
+    is a 400, and one that is UTF-8 is a sign-in attempt like any other."""
+    session = requests.Session()
+    url = console.url + reverse("login")
+    assert session.get(url, timeout=30).status_code == 200
+    token = session.cookies["csrftoken"]
+    headers = {"Referer": url, "Content-Type": "multipart/form-data; boundary=zz"}
+    for password, status in (("\udcff\udcfe", 400), ("wrong", 200)):
+        body = _multipart({"csrfmiddlewaretoken": [token], "username": ["nobody"], "password": [password]})
+        response = session.post(url, data=body, headers=headers, timeout=30, allow_redirects=False)
+        assert response.status_code == status, (password, response.status_code, response.text[:300])
+    assert "do not match" in response.text, "the form was read from the multipart body, and refused"
+
+
 def test_the_web_process_answers_408_to_a_page_body_that_does_not_arrive_in_time(console):
     """A client that sends its headers and then drips (or withholds) the body gets a 408 once the console's
     body timeout has passed (5 s for this console), and holds nothing after."""
