@@ -45,6 +45,7 @@ from tests.security.conftest import MatrixSide, build_matrix_world
 from tests.security.test_permission_matrix import ROWS, VALUE_KINDS, collected_urls
 from tests.support.agents import wait_for
 from tests.support.deployments import serve_from
+from tests.support.web import read_answer
 
 # Pages ------------------------------------------------------------------------------------------------
 
@@ -809,9 +810,9 @@ def test_the_web_process_answers_408_to_a_page_body_that_does_not_arrive_in_time
             f"POST {reverse('accounts:settings')} HTTP/1.1\r\nHost: console\r\n".encode()
             + b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nname="
         )
-        answer = conn.recv(65536).decode()
+        status, body = read_answer(conn)
     took = time.monotonic() - began
-    assert answer.startswith("HTTP/1.1 408 "), answer[:300]
-    assert "did not arrive within 5 s" in answer
+    assert status == "HTTP/1.1 408 Request Timeout", (status, body[:300])
+    assert "did not arrive within 5 s" in body
     assert 4 < took < 15, f"answered after {took:.1f} s; the body timeout is 5 s"
     assert requests.get(console.url + "/healthz", timeout=10).status_code == 200

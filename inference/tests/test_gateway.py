@@ -26,6 +26,7 @@ from inference.models import UsageRecord
 from tests.support.agents import wait_for
 from tests.support.deployments import demo_deployment, serve_from
 from tests.support.nodes import online_cpu_node
+from tests.support.web import read_answer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.demo]
 CHAT = [{"role": "user", "content": "Hello"}]
@@ -246,11 +247,10 @@ def test_a_client_that_sends_its_body_too_slowly_gets_408_and_holds_nothing(impa
             + f"Authorization: Bearer {key}\r\nContent-Length: 200\r\n\r\n".encode()
             + b'{"model": "fake", '  # and nothing more: the rest of the 200 bytes never comes
         )
-        answer = conn.recv(65536).decode()
+        status, body = read_answer(conn)
     took = time.monotonic() - began
-    status, _, rest = answer.partition("\r\n")
-    assert status == "HTTP/1.1 408 Request Timeout", answer[:300]
-    assert json.loads(rest.partition("\r\n\r\n")[2])["error"]["code"] == "request_timeout"
+    assert status == "HTTP/1.1 408 Request Timeout", (status, body[:300])
+    assert json.loads(body)["error"]["code"] == "request_timeout"
     assert 1.5 < took < 6, f"answered after {took:.1f} s; the body timeout is 2 s"
     assert post(impatient_console, key, {"model": "fake", "messages": CHAT}).status_code == 200
 

@@ -64,3 +64,23 @@ def console_env(**overrides: str) -> dict[str, str]:
         "PLUGBOARD_LOCAL_ROOTS": ",".join(str(p) for p in settings.PLUGBOARD_LOCAL_ROOTS),
         **overrides,
     }
+
+
+def read_answer(conn: socket.socket) -> tuple[str, str]:
+    """(status line, body) of one HTTP/1.1 answer read from `conn`, whole: the headers, then as many bytes of
+    body as its Content-Length says, however many packets they come in."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next((int(v) for k, _, v in (h.partition(": ") for h in lines[1:]) if k.lower() == "content-length"), 0)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return lines[0], body.decode("utf-8", "replace")
