@@ -205,11 +205,10 @@ def main() -> int:
     )
     world = scratch.prepare("plugboard-bench-load-", database_suffix="_bench_gateway")
     tmp = world.tmp
-    where = (
-        f"{world.where} (created for this run)"
-        if world.database
-        else (f"{world.where} (NOT production's topology: set DATABASE_URL and REDIS_URL)")
-    )
+    if world.database:
+        where = f"{world.where} (created for this run)"
+    else:
+        where = f"{world.where} (NOT production's topology: set DATABASE_URL and REDIS_URL)"
 
     def terminate(signum, _frame):
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)

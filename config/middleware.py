@@ -46,14 +46,13 @@ def page_input_refusal(request) -> HttpResponse | None:
     Parsing the query and the form here also turns too many fields, an oversized body and a broken
     multipart body into Django's 400 before any view runs."""
     content_type = request.content_type or ""
-    # (request.body only where Django keeps it: a multipart body is read once, as a stream.)
-    if request.method in ("POST", "PUT", "PATCH", "DELETE") and content_type not in FORM_TYPES and request.body:
+    # Read whole (RequestBodyLimit caps it) before Django parses the form: pages take no files, so a multipart
+    # body is text throughout too, and Django would read each part's bytes as UTF-8 with replacement characters.
+    body = request.body
+    if request.method in ("POST", "PUT", "PATCH", "DELETE") and content_type not in FORM_TYPES and body:
         return _refuse(
             415, "Pages take form data (application/x-www-form-urlencoded); the REST API, under /api/v1/, takes JSON."
         )
-    # Pages take no files, so a multipart body is text throughout: read whole (it is capped) before Django
-    # parses it, since Django reads each part's bytes as UTF-8 with replacement characters.
-    multipart = request.body if content_type == "multipart/form-data" else b""
     request.GET, request.POST  # noqa: B018 (parsed for Django's own checks, which raise a 400)
     scope = getattr(request, "scope", None)  # ASGI: the raw bytes; WSGI: Latin-1 text of the raw bytes
     query = (
@@ -61,8 +60,9 @@ def page_input_refusal(request) -> HttpResponse | None:
         if scope is not None
         else request.META.get("QUERY_STRING", "").encode("latin-1", "replace")
     )
-    form = request.body if content_type == "application/x-www-form-urlencoded" else b""
-    if not (_is_utf8_form(query) and _is_utf8_form(form) and _is_utf8(multipart)):
+    form = body if content_type in FORM_TYPES else b""
+    form_is_utf8 = _is_utf8(form) if content_type == "multipart/form-data" else _is_utf8_form(form)
+    if not (_is_utf8_form(query) and form_is_utf8):
         return _refuse(400, "The request's query or form is not UTF-8 text.")
     return None
 
@@ -141,8 +141,9 @@ class RequestBodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
+        too_large = f"The request body is over the console's limit of {limit} bytes."
         if declared.isdigit() and int(declared) > limit:
-            await _send_refusal(send, 413, f"The request body is over the console's limit of {limit} bytes.")
+            await _send_refusal(send, 413, too_large)
             return
         deadline = asyncio.get_running_loop().time() + settings.PLUGBOARD_BODY_TIMEOUT
         received, refused, whole = 0, False, False
@@ -167,7 +168,7 @@ class RequestBodyLimit:
                 whole = not message.get("more_body", False)
                 if received > limit:
                     refused = True
-                    await _send_refusal(send, 413, f"The request body is over the console's limit of {limit} bytes.")
+                    await _send_refusal(send, 413, too_large)
                     return {"type": "http.disconnect"}
             return message
 

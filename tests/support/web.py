@@ -4,6 +4,7 @@ suite's Redis) and the small OpenAI-compatible upstream."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -67,20 +68,8 @@ def console_env(**overrides: str) -> dict[str, str]:
 
 
 def read_answer(conn: socket.socket) -> tuple[str, str]:
-    """(status line, body) of one HTTP/1.1 answer read from `conn`, whole: the headers, then as many bytes of
-    body as its Content-Length says, however many packets they come in."""
-    raw = b""
-    while b"\r\n\r\n" not in raw:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    length = next((int(v) for k, _, v in (h.partition(": ") for h in lines[1:]) if k.lower() == "content-length"), 0)
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return lines[0], body.decode("utf-8", "replace")
+    """(status line, body) of one HTTP/1.1 answer read from `conn`, whole, however many packets it comes in."""
+    answer = http.client.HTTPResponse(conn)
+    answer.begin()
+    version = f"HTTP/{answer.version // 10}.{answer.version % 10}"
+    return f"{version} {answer.status} {answer.reason}", answer.read().decode("utf-8", "replace")
